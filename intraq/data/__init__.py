@@ -1,0 +1,32 @@
+"""Data sets by name: `build_data(DataConfig)` returns a `DataSplits`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from intraq.config import DataConfig
+from intraq.data.base import DataSplits, Normalization, TensorImageDataset
+from intraq.data.digits import build_digits
+from intraq.registry import Registry
+
+DATASETS: Registry[Callable[[DataConfig], DataSplits]] = Registry("data set")
+DATASETS.register("digits")(build_digits)
+
+
+def _register_optional() -> None:
+    # cifar10 and imagenet live in their own modules; imported lazily so digits needs nothing else.
+    from intraq.data.cifar10 import build_cifar10
+    from intraq.data.imagenet import build_imagenet
+
+    DATASETS.register("cifar10")(build_cifar10)
+    DATASETS.register("imagenet")(build_imagenet)
+
+
+def build_data(cfg: DataConfig) -> DataSplits:
+    """The splits of data set `cfg.name`; fails at once, naming the fix, on an unknown name or bad path."""
+    if "cifar10" not in DATASETS:
+        _register_optional()
+    return DATASETS.get(cfg.name)(cfg)
+
+
+__all__ = ["DATASETS", "DataSplits", "Normalization", "TensorImageDataset", "build_data"]
