@@ -33,6 +33,8 @@ class TeacherConfig:
     name: str = "digits_cnn"
     source: str = "local"  # local (own recipe / checkpoint file) | torchvision | pytorchcv
     checkpoint: str | None = None  # a local file; for `local` the default is the hash-named artifact
+    auto_train: bool = False  # train the local teacher when its checkpoint is missing (smoke: seconds)
+    train_seed: int = 0  # one teacher for every case and seed of a profile
     train_epochs: int = 30
     train_batch_size: int = 128
     train_lr: float = 0.1
@@ -120,6 +122,11 @@ class QimeraConfig:
     disentangle: bool = False  # the official scripts run without DM (inverted flag, T21)
     temperature: float = 20.0
     alpha: float = 1.0
+    embedding: str = "random"  # random: N(0,1) (--randemb: C10, ImageNet) | teacher-fc: FC weights (C100)
+    calib_epochs: int = 4  # activation ranges update in epochs 0..3 (hard-coded `epoch < 4` officially)
+    lr_decay: float = 0.1  # x0.1 at lr_steps, for both the student and the generator
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
 
 
 @dataclass
@@ -148,7 +155,7 @@ class RunConfig:
 
 
 # Fields that say where things are, not what is computed: left out of every hash.
-LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint"}
+LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher.auto_train"}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -47,14 +47,15 @@ class CifarResNet(nn.Module):
 
     feature_module_name = "features.final_pool"
 
-    def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int, in_size: int = 32) -> None:
+    def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         layers: dict[str, nn.Module] = {"init_block": conv_bn_relu(3, widths[0])}
         cin = widths[0]
         for i, width in enumerate(widths):
-            stage = nn.Sequential(
-                *[BasicBlock(cin if j == 0 else width, width, 2 if (j == 0 and i > 0) else 1) for j in range(blocks_per_stage)]
-            )
+            first_stride = 2 if i > 0 else 1
+            blocks = [BasicBlock(cin, width, first_stride)]
+            blocks += [BasicBlock(width, width, 1) for _ in range(blocks_per_stage - 1)]
+            stage = nn.Sequential(*blocks)
             layers[f"stage{i + 1}"] = stage
             cin = width
         layers["final_pool"] = nn.AdaptiveAvgPool2d(1)

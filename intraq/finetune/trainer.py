@@ -1,0 +1,209 @@
+"""IntraQ stage 2 (methods §2.2): calibrate activation ranges, then KD fine-tune the quantized student.
+
+The loop follows the official trainer: epochs 0..calib_epochs-1 only calibrate the activation ranges (no
+student update); later epochs train on the image set with per-sample RandomResizedCrop + flip, the student
+in eval mode (frozen BN statistics, T14), SGD with Nesterov momentum and a multi-step schedule. The test set is
+evaluated every `eval_every` epochs; we record the accuracy after calibration only, at the final epoch and at
+the best evaluated epoch (test-set model selection, as the lineage reports it, T12), each labelled.
+
+State is checkpointed atomically after every epoch, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from intraq.artifacts import load_torch, save_torch
+from intraq.config import FinetuneConfig
+from intraq.finetune.kd import kd_loss_intraq
+from intraq.quantize import set_act_calibration
+
+
+class CalibrationSource(Protocol):
+    """Yields the images that set the activation ranges (a GDFQ generator officially, T10)."""
+
+    def next_batch(self) -> torch.Tensor: ...
+
+
+class ImageSetCalibration:
+    """Calibrate on the fine-tuning images themselves (the alternative to the official GDFQ generator)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.images, self.batch_size, self.generator, self.device = images, batch_size, generator, device
+
+    def next_batch(self) -> torch.Tensor:
+        idx = torch.randint(len(self.images), (min(self.batch_size, len(self.images)),), generator=self.generator)
+        return self.images[idx].to(self.device)
+
+
+def calibrate(student: nn.Module, source: CalibrationSource, steps: int, on_step: Callable[[], object] | None = None):
+    """Forward `steps` calibration batches with the activation quantizers updating their ranges, then freeze."""
+    set_act_calibration(student, True)
+    for _ in range(steps):
+        images = source.next_batch()  # outside no_grad: a GDFQ source takes a generator step here
+        with torch.no_grad():
+            student(images)
+        if on_step is not None:
+            on_step()
+    set_act_calibration(student, False)
+
+
+@dataclass
+class FinetuneResult:
+    acc_after_calibration: float
+    acc_final: float
+    acc_best: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def multi_step_lr(base: float, epoch: int, steps: tuple[int, ...], decay: float) -> float:
+    """The lineage's `multi_step` policy (methods §1.4): base * decay^(#steps s with epoch + 1 > s)."""
+    return base * decay ** sum(1 for s in steps if epoch + 1 > s)
+
+
+class EpochSampler:
+    """Shuffled, drop-last batches; a fresh shuffle every epoch and whenever a pass is exhausted mid-epoch."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.order = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def new_epoch(self) -> None:
+        self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > len(self.order):
+            self.new_epoch()
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    evaluate: Callable[[nn.Module], float],
+    calibration: CalibrationSource,
+    augment: Augment,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    seed: int,
+    checkpoint_path: Path | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Run calibration + KD fine-tuning on `images` (normalized float tensors) and `labels`.
+
+    `evaluate(student)` returns test top-1 in percent. With `checkpoint_path`, every finished epoch is saved
+    and a later call with the same path continues from the last finished epoch.
+    """
+    if cfg.calib_epochs < 1 or cfg.epochs <= cfg.calib_epochs:
+        raise ValueError(f"need 1 <= calib_epochs < epochs, got {cfg.calib_epochs} and {cfg.epochs}")
+    teacher.eval().requires_grad_(False)
+    student.eval().requires_grad_(True)  # T14: BN statistics stay frozen; weights and BN affine train
+    generator = torch.Generator().manual_seed(seed)
+    sampler = EpochSampler(len(images), cfg.batch_size, generator)
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+    history: list[dict] = []
+    seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
+    start_epoch = 0
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = load_torch(checkpoint_path)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history, seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
+        sampler.order, sampler.pos = state["sampler_order"], state["sampler_pos"]
+
+    total_iters = cfg.epochs * cfg.iters_per_epoch
+    bar = tqdm(total=total_iters, initial=start_epoch * cfg.iters_per_epoch, desc="fine-tune", disable=not progress)
+    for epoch in range(start_epoch, cfg.epochs):
+        record: dict = {"epoch": epoch}
+        tic = time.perf_counter()
+        if epoch < cfg.calib_epochs:
+            record["phase"] = "calibration"
+            calibrate(student, calibration, cfg.iters_per_epoch, on_step=bar.update)
+            seconds["calibration"] += time.perf_counter() - tic
+        else:
+            record["phase"] = "finetune"
+            lr = multi_step_lr(cfg.lr, epoch, cfg.lr_steps, cfg.lr_decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sampler.new_epoch()
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(cfg.iters_per_epoch):
+                idx = sampler.next()
+                x = augment(images[idx].to(device, non_blocking=True), generator)
+                y = labels[idx].to(device, non_blocking=True)
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = kd_loss_intraq(student(x), teacher_logits, y, cfg.temperature, cfg.alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                bar.update()
+            record["lr"] = lr
+            record["loss"] = loss_sum.item() / cfg.iters_per_epoch  # one host sync per epoch
+            seconds["finetune"] += time.perf_counter() - tic
+        last_calibration = epoch == cfg.calib_epochs - 1
+        if last_calibration or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+            tic = time.perf_counter()
+            record["acc"] = evaluate(student)
+            student.eval()
+            seconds["evaluation"] += time.perf_counter() - tic
+            bar.set_postfix(epoch=epoch, acc=f"{record['acc']:.2f}")
+        history.append(record)
+        if checkpoint_path is not None and epoch >= cfg.calib_epochs - 1:
+            # Not inside calibration: the calibration source's state is not saved, so an interrupted
+            # calibration restarts from a fresh student rather than resuming in a different state.
+            save_torch(
+                {
+                    "student": student.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "seconds": seconds,
+                    "epoch": epoch,
+                    "sampler_order": sampler.order,
+                    "sampler_pos": sampler.pos,
+                },
+                checkpoint_path,
+            )
+    bar.close()
+    return summarize(history, cfg.calib_epochs, seconds)
+
+
+def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float]) -> FinetuneResult:
+    """After-calibration, final and best-epoch accuracies; ties for best go to the later epoch, as officially."""
+    evaluated = [h for h in history if "acc" in h]
+    after_calibration = next(h["acc"] for h in evaluated if h["epoch"] == calib_epochs - 1)
+    best = max(evaluated, key=lambda h: (h["acc"], h["epoch"]))
+    return FinetuneResult(
+        acc_after_calibration=after_calibration,
+        acc_final=evaluated[-1]["acc"],
+        acc_best=best["acc"],
+        best_epoch=best["epoch"],
+        history=history,
+        seconds=seconds,
+    )

@@ -1,0 +1,61 @@
+"""Result records: the numbers of one case plus everything needed to trace them (config, seed, commit, machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intraq.artifacts import load_json, save_json
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The current commit, with '+dirty' when the working tree has uncommitted changes; 'unknown' outside git."""
+    cwd = repo or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def result_path(results_dir: Path, profile: str, case_hash: str, seed: int) -> Path:
+    return results_dir / profile / f"{case_hash}-seed{seed}.json"
+
+
+def write_result(record: dict[str, Any], path: Path) -> Path:
+    return save_json(record, path)
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    return load_json(path)

@@ -1,0 +1,357 @@
+"""IntraQ stage 1 as the official code does it (methods §2.1, §2.3), and the ADI variant (§3.5).
+
+Per batch: x ~ N(0, 1) in normalized space, uniform random labels, Adam(lr 0.5) on x only, ReduceLROnPlateau
+stepped every iteration, `iterations` steps of BNS + target loss (SIL or CE) + MDC hinges (IntraQ) or the ADI
+competition term (ADI), with LOR applied to the whole batch on a per-iteration coin flip.
+
+Unlike the official groups-of-5-batches runs, one call makes all `num_images` in batches of `batch_size`
+(the last one may be partial). Batch k draws all its randomness from a generator seeded by (seed, k) and is
+saved as its own file, in a folder named by the hash of everything but `num_images`. A later call with a
+larger `num_images` therefore reuses the first batches unchanged, and an interrupted run resumes; MDC
+centres are rebuilt from the reused images in generation order, exactly as one long run builds them, and
+never from other runs' files (trap T6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from intraq.artifacts import load_torch, save_torch
+from intraq.config import LOCATION_FIELDS, RunConfig, SynthConfig, config_hash, to_dict
+from intraq.errors import UserInputError
+from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
+from intraq.synthesis.bn_stats import BNStatsLoss
+from intraq.synthesis.centers import ClassCenters
+from intraq.synthesis.lor import LOR_VARIANTS, LORSettings, apply_affine, sample_lor_schedule
+from intraq.synthesis.losses import adi_competition_loss, draw_sil_targets, mdc_loss, target_loss
+from intraq.teacher.features import tap_features
+
+METHODS = ("intraq", "adi")
+
+# (target_pro, margin_low, margin_up) of the official run scripts (methods §2.1.7, trap T1).
+OFFICIAL_SCRIPT_SETTINGS: dict[str, tuple[float, float, float]] = {
+    "imagenet": (1.0, 0.0, 2.0),  # run_generate.sh: SIL and MDC inert ("OnlyLOR")
+    "cifar10": (0.95, 0.05, 0.8),
+    "cifar100": (0.6, 0.02, 1.0),
+    "digits": (0.95, 0.05, 0.8),  # our embedded toy set: the CIFAR-10 values
+}
+
+
+def effective_synth_settings(
+    cfg: RunConfig | SynthConfig, dataset_name: str, method: str | None = None
+) -> dict[str, Any]:
+    """The stage-1 values a run actually uses after the `variant` choice (trap T1); kept in the set's meta."""
+    s = cfg.synth if isinstance(cfg, RunConfig) else cfg
+    method = method or s.method
+    if method not in METHODS:
+        raise UserInputError(f"synth.method={method!r} is not generated here; expected one of {METHODS}")
+    if s.variant == "paper":
+        target_pro, margin_low, margin_up = s.target_pro, s.margin_low, s.margin_up
+    elif s.variant == "official-script":
+        if dataset_name not in OFFICIAL_SCRIPT_SETTINGS:
+            known = ", ".join(OFFICIAL_SCRIPT_SETTINGS)
+            raise UserInputError(
+                f"synth.variant=official-script has no run-script settings for data set {dataset_name!r} "
+                f"(known: {known}); use synth.variant=paper"
+            )
+        target_pro, margin_low, margin_up = OFFICIAL_SCRIPT_SETTINGS[dataset_name]
+    else:
+        raise UserInputError(f"unknown synth.variant {s.variant!r}; expected 'paper' or 'official-script'")
+    if s.target_loss not in ("sil", "ce"):
+        raise UserInputError(f"unknown synth.target_loss {s.target_loss!r}; expected 'sil' or 'ce'")
+    if s.lor not in LOR_VARIANTS:
+        raise UserInputError(f"unknown synth.lor {s.lor!r}; known: {', '.join(LOR_VARIANTS)}")
+    mdc = bool(s.mdc) and method == "intraq"
+    ops = list(LOR_VARIANTS[s.lor])
+    settings: dict[str, Any] = {
+        "method": method,
+        "variant": s.variant,
+        "dataset": dataset_name,
+        "target_loss": s.target_loss,
+        "target_pro": float(target_pro),
+        "sil_inert": s.target_loss == "sil" and target_pro >= 1.0,  # t == 1 for all images: (1 - p_y)^2
+        "mdc": mdc,
+        "margin_low": float(margin_low),
+        "margin_up": float(margin_up),
+        "mdc_inert": (not mdc) or (margin_low <= 0.0 and margin_up >= 2.0),  # d in [0, 2]: hinges always 0
+        "lor": s.lor,
+        "lor_ops": ops,
+        "lor_prob": float(s.lor_prob),
+        "aug_margin": float(s.aug_margin),
+        "rotation_degrees": float(s.rotation_degrees) if "rotate" in ops else 0.0,
+        "iterations": int(s.iterations),
+        "batch_size": int(s.batch_size),
+        "lr": float(s.lr),
+        "plateau_patience": int(s.plateau_patience),
+        "min_lr": float(s.min_lr),
+    }
+    if method == "adi":
+        settings.update(
+            adi_scale=float(s.adi_scale), adi_temperature=float(s.adi_temperature), adi_student=s.adi_student
+        )
+    return settings
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """A 63-bit seed for batch k that depends only on (seed, k): batches can be made in any order."""
+    digest = hashlib.sha256(f"intraq-bench/synthesis/{seed}/{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's state dict, so a cache folder is never reused with other teacher weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
+    """Hash of everything that decides the images except num_images (and except file locations)."""
+    cfg = ctx.cfg
+    key: dict[str, Any] = {
+        "method": method,
+        "seed": cfg.seed,
+        "data": to_dict(cfg.data),
+        "teacher": to_dict(cfg.teacher),
+        "synth": to_dict(cfg.synth),
+        "effective": settings,
+        "image_size": ctx.data.image_size,
+        "num_classes": ctx.data.num_classes,
+        "teacher_state": state_fingerprint(ctx.teacher),
+    }
+    if method == "adi":
+        assert ctx.student is not None
+        key["quant"] = to_dict(cfg.quant)
+        key["student_state"] = state_fingerprint(ctx.student)
+    return config_hash(key, exclude=LOCATION_FIELDS | {"synth.num_images"})
+
+
+@contextmanager
+def frozen(model: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the duration; both are restored afterwards."""
+    if model is None:
+        yield
+        return
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _batch_path(folder: Path, index: int, size: int) -> Path:
+    return folder / f"batch{index:05d}-n{size}.pt"
+
+
+def _optimize_batch(
+    ctx: SynthContext,
+    settings: dict[str, Any],
+    index: int,
+    size: int,
+    centers: ClassCenters | None,
+    progress: tqdm,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Optimize one batch from scratch; returns CPU float32 images, int64 labels and a record of the run."""
+    start = time.perf_counter()
+    device, teacher, data = ctx.device, ctx.teacher, ctx.data
+    side = data.image_size
+    generator = torch.Generator().manual_seed(batch_seed(ctx.cfg.seed, index))
+
+    # All randomness of the batch, drawn on the CPU generator up front (device-independent, hoisted).
+    x0 = torch.randn(size, data.channels, side, side, generator=generator)
+    labels = torch.randint(0, data.num_classes, (size,), generator=generator)
+    targets = draw_sil_targets(size, settings["target_pro"], generator)
+    lor = LORSettings.from_variant(settings["lor"], settings["aug_margin"], settings["rotation_degrees"])
+    coins, thetas = sample_lor_schedule(
+        settings["iterations"], size, side, side, lor, settings["lor_prob"], generator
+    )
+    zero_outside = "rotate" in lor.ops
+
+    x = x0.to(device).requires_grad_(True)
+    labels_d, targets_d, thetas_d = labels.to(device), targets.to(device), thetas.to(device)
+    centers_d, mask_d = (None, None)
+    if settings["mdc"] and centers is not None:
+        c, m = centers.lookup(labels)
+        if c is not None and bool(m.any()):
+            centers_d, mask_d = c.to(device), m.to(device)
+    use_mdc = centers_d is not None
+    student = ctx.student if settings["method"] == "adi" else None
+
+    optimizer = torch.optim.Adam([x], lr=settings["lr"])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=0.1, patience=settings["plateau_patience"], min_lr=settings["min_lr"]
+    )
+    zero = torch.zeros((), device=device)
+    terms: dict[str, torch.Tensor] = {}
+    tap_cm = tap_features(teacher) if use_mdc else nullcontext(None)
+    with BNStatsLoss(teacher) as bns, tap_cm as tap:
+        for it in range(settings["iterations"]):
+            optimizer.zero_grad(set_to_none=True)
+            inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
+            logits = teacher(inputs)
+            terms = {
+                "bns": bns.loss(),
+                "target": target_loss(settings["target_loss"], logits, labels_d, targets_d),
+            }
+            if use_mdc:
+                terms["mdc_lower"], terms["mdc_upper"] = mdc_loss(
+                    tap.features, centers_d, mask_d, settings["margin_low"], settings["margin_up"]
+                )
+            elif settings["mdc"]:
+                terms["mdc_lower"] = terms["mdc_upper"] = zero
+            if student is not None:
+                terms["adi"] = adi_competition_loss(
+                    student(inputs), logits, settings["adi_temperature"], settings["adi_scale"]
+                )
+            total = sum(terms.values())
+            total.backward()
+            optimizer.step()
+            # The one host sync per iteration: ReduceLROnPlateau compares Python floats.
+            scheduler.step(float(total.detach()))
+            progress.update(1)
+    with torch.no_grad():
+        teacher_acc = (teacher(x).argmax(1) == labels_d).float().mean()
+    record: dict[str, Any] = {
+        "batch": index,
+        "size": size,
+        "seed": batch_seed(ctx.cfg.seed, index),
+        "final_losses": {k: float(v.detach()) for k, v in terms.items()},
+        "final_total": float(sum(terms.values()).detach()),
+        "final_lr": float(optimizer.param_groups[0]["lr"]),
+        "teacher_acc": float(teacher_acc),
+        "mdc_images": int(mask_d.sum()) if use_mdc else 0,
+        "center_checksum": float((centers_d * mask_d.unsqueeze(1)).double().sum()) if use_mdc else 0.0,
+        "lor_iterations": int(sum(coins)),
+        "seconds": time.perf_counter() - start,
+        "device": str(device),
+    }
+    return x.detach().float().cpu(), labels, record
+
+
+def _load_batch(path: Path, size: int, channels: int, side: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    blob = load_torch(path)
+    ok = (
+        isinstance(blob, dict)
+        and {"images", "labels", "record"} <= set(blob)
+        and tuple(blob["images"].shape) == (size, channels, side, side)
+        and tuple(blob["labels"].shape) == (size,)
+    )
+    if not ok:
+        raise UserInputError(
+            f"{path} is not a finished synthesis batch of the expected shape; delete it to regenerate"
+        )
+    return blob["images"], blob["labels"], blob["record"]
+
+
+def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
+    """Make (or extend, or resume) the IntraQ / ADI synthetic set of `ctx.cfg.synth.num_images` images."""
+    wall_start = time.perf_counter()
+    cfg, s = ctx.cfg, ctx.cfg.synth
+    method = method or s.method
+    settings = effective_synth_settings(cfg, ctx.data.name, method)
+    if s.num_images <= 0 or s.batch_size <= 0 or s.iterations <= 0:
+        raise UserInputError("synth.num_images, synth.batch_size and synth.iterations must be positive")
+    if method == "adi":
+        if ctx.student is None:
+            raise UserInputError(
+                "synth.method=adi needs a student network (SynthContext.student): the pipeline passes the "
+                "quantized network before fine-tuning; got None"
+            )
+        shared = {id(m) for m in ctx.teacher.modules()} & {id(m) for m in ctx.student.modules()}
+        if shared:
+            raise ValueError("the ADI student shares modules with the teacher; pass a separate copy")
+    key = cache_key(ctx, method, settings)
+    folder = Path(ctx.work_dir) / f"{method}-{key}"
+    n, bsz = s.num_images, s.batch_size
+    n_batches = math.ceil(n / bsz)
+    sizes = [min(bsz, n - k * bsz) for k in range(n_batches)]
+    todo = sum(1 for k, size in enumerate(sizes) if not _batch_path(folder, k, size).exists())
+    centers = ClassCenters(ctx.data.num_classes) if settings["mdc"] else None
+    images, labels, records = [], [], []
+    reused = 0
+    progress = tqdm(
+        total=todo * s.iterations,
+        disable=not ctx.progress,
+        desc=f"{method} synthesis",
+        unit="it",
+        leave=False,
+    )
+    with progress, frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
+        for k, size in enumerate(sizes):
+            path = _batch_path(folder, k, size)
+            if path.exists():
+                batch_images, batch_labels, record = _load_batch(
+                    path, size, ctx.data.channels, ctx.data.image_size
+                )
+                reused += 1
+            else:
+                batch_images, batch_labels, record = _optimize_batch(
+                    ctx, settings, k, size, centers, progress
+                )
+                save_torch({"images": batch_images, "labels": batch_labels, "record": record}, path)
+                progress.set_postfix(
+                    batch=k, loss=f"{record['final_total']:.4g}", acc=f"{record['teacher_acc']:.2f}"
+                )
+            if centers is not None and k < n_batches - 1:
+                centers.add_images(ctx.teacher, batch_images.to(ctx.device), batch_labels)
+            images.append(batch_images)
+            labels.append(batch_labels)
+            records.append(record)
+    meta: dict[str, Any] = {
+        "method": method,
+        "config_hash": key,
+        "cache_dir": str(folder),
+        "seed": cfg.seed,
+        "num_images": n,
+        "num_batches": n_batches,
+        "effective": settings,
+        "lor_ops": settings["lor_ops"],
+        "rotation_degrees": settings["rotation_degrees"],
+        "batch_losses": [dict(r["final_losses"], total=r["final_total"]) for r in records],
+        "batches": records,
+        "reused_batches": reused,
+        "generation_seconds": sum(r["seconds"] for r in records),
+        "wall_time_s": time.perf_counter() - wall_start,
+        "device": str(ctx.device),
+    }
+    if method == "adi":
+        meta["adi_student"] = s.adi_student
+    return SyntheticSet(images=torch.cat(images), labels=torch.cat(labels).long(), meta=meta)
+
+
+@SYNTHESIZERS.register("intraq")
+def generate_intraq(ctx: SynthContext) -> SyntheticSet:
+    """IntraQ stage 1: BNS + SIL (or CE) + MDC, with LOR."""
+    return generate(ctx, "intraq")
+
+
+@SYNTHESIZERS.register("adi")
+def generate_adi(ctx: SynthContext) -> SyntheticSet:
+    """IntraQ stage 1 with MDC replaced by ADI's competition term (methods §3.5).
+
+    Student choice (recorded as meta["adi_student"]): whatever network the pipeline passes in
+    `ctx.student` (by default the quantized network before fine-tuning, the zero-shot-quantization analogue of
+    ADI's student); its parameters are frozen and it is in eval mode, but the gradient flows through it into
+    the images (DeepInversion's detach_student=False).
+    """
+    return generate(ctx, "adi")

@@ -1,0 +1,113 @@
+"""Get the full-precision teacher a case names: a local checkpoint (own recipe), torchvision or pytorchcv.
+
+Downloads happen only when the user selects a pretrained source without a local file; a failed download
+raises, it never falls back to another model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from intraq.artifacts import load_json, save_json
+from intraq.config import TeacherConfig, config_hash
+from intraq.data.base import DataSplits
+from intraq.errors import UserInputError
+from intraq.evaluate import evaluate
+from intraq.teacher.checkpoint import load_teacher_weights, sha256_file
+from intraq.teacher.models import build_model
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    info: dict[str, Any]  # source, checkpoint, sha256, test_top1, ...
+
+
+def local_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) -> Path:
+    """Default file of a locally trained teacher: named by architecture, data set and recipe hash."""
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    recipe = {k: v for k, v in vars(cfg).items() if k.startswith("train_")} | {"name": cfg.name, "data": data_name}
+    return artifacts / "teachers" / f"{cfg.name}-{data_name}-{config_hash(recipe)}.pt"
+
+
+def _pretrained_torchvision(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    model = build_model(cfg.name, num_classes)
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if not path.exists():
+            raise UserInputError(f"teacher.checkpoint {path} does not exist")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model, {"checkpoint": str(path), "sha256": sha256_file(path)}
+    from torchvision.models import ResNet18_Weights
+
+    if cfg.name != "resnet18":
+        raise UserInputError(f"torchvision weights are wired for resnet18 only, not {cfg.name}")
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    model.load_state_dict(weights.get_state_dict(progress=True))  # network: raises if it cannot download
+    return model, {"weights": str(weights)}
+
+
+def _pretrained_pytorchcv(cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any]]:
+    try:
+        from pytorchcv.model_provider import get_model
+    except ImportError:
+        raise UserInputError(
+            "teacher.source=pytorchcv needs the optional package: pip install pytorchcv==0.0.51 "
+            "(0.0.51 maps resnet18 to the paper's 71.47% weights; newer versions do not, trap T17)"
+        ) from None
+    model = get_model(cfg.name, pretrained=cfg.checkpoint is None)
+    info: dict[str, Any] = {"pytorchcv_model": cfg.name}
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        info |= {"checkpoint": str(path), "sha256": sha256_file(path)}
+    model.feature_module_name = "features.final_pool"
+    return model, info
+
+
+def get_teacher(
+    cfg: TeacherConfig, data: DataSplits, device: torch.device, artifacts: Path, progress: bool = True
+) -> Teacher:
+    """The teacher in eval mode with frozen parameters, and what we know of it (incl. measured test top-1)."""
+    if cfg.source == "local":
+        path = local_checkpoint_path(cfg, data.name, artifacts)
+        model = build_model(cfg.name, data.num_classes)
+        if not path.exists():
+            if not cfg.auto_train:
+                raise UserInputError(
+                    f"no teacher checkpoint at {path}. Train it with `intraq teacher train --profile <profile>` "
+                    "or point teacher.checkpoint=FILE at one"
+                )
+            from intraq.teacher.train import train_teacher
+
+            train_teacher(cfg, data, path, cfg.train_seed, device, progress)
+        info = load_teacher_weights(model, path) | {"checkpoint": str(path)}
+    elif cfg.source == "torchvision":
+        model, info = _pretrained_torchvision(cfg, data.num_classes)
+    elif cfg.source == "pytorchcv":
+        model, info = _pretrained_pytorchcv(cfg)
+    else:
+        raise UserInputError(f"unknown teacher.source {cfg.source!r}; known: local, torchvision, pytorchcv")
+    model = model.to(device).eval().requires_grad_(False)
+    info = dict(info, source=cfg.source, name=cfg.name)
+    info["test_top1"] = _measured_accuracy(model, info, data, device, artifacts, progress)
+    return Teacher(model=model, info=info)
+
+
+def _measured_accuracy(
+    model: nn.Module, info: dict[str, Any], data: DataSplits, device: torch.device, artifacts: Path, progress: bool
+) -> float:
+    """Test top-1 of this exact teacher on this data set, measured once and cached by weights hash."""
+    key = info.get("sha256") or info.get("weights") or info.get("pytorchcv_model")
+    cache = artifacts / "teachers" / f"eval-{config_hash({'key': key, 'data': data.name})}.json"
+    if cache.exists():
+        return float(load_json(cache)["test_top1"])
+    accuracy = evaluate(model, data.test, device=device, progress=progress)
+    save_json({"key": key, "data": data.name, "test_top1": accuracy}, cache)
+    return accuracy

@@ -1,0 +1,107 @@
+"""The project's own teacher recipe: SGD + Nesterov, cosine schedule, crop+flip; resumable per epoch."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from intraq.artifacts import load_torch, save_torch
+from intraq.config import TeacherConfig
+from intraq.data.augment import random_crop_flip
+from intraq.data.base import DataSplits, TensorImageDataset
+from intraq.evaluate import evaluate
+from intraq.teacher.checkpoint import save_teacher
+from intraq.teacher.models import build_model
+
+
+def train_teacher(
+    cfg: TeacherConfig,
+    data: DataSplits,
+    out_path: Path,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `cfg.name` on `data.train`, write checkpoint + sidecar to `out_path`; resumes from `<out>.state`."""
+    if not isinstance(data.train, TensorImageDataset):
+        raise NotImplementedError(
+            f"the teacher recipe trains on in-memory data sets (digits, cifar10); for {data.name} use a "
+            "pretrained teacher (teacher.source=torchvision or pytorchcv, or teacher.checkpoint=FILE)"
+        )
+    torch.manual_seed(seed)
+    model = build_model(cfg.name, data.num_classes).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.train_lr, momentum=cfg.train_momentum, nesterov=True,
+        weight_decay=cfg.train_weight_decay,
+    )
+    n = len(data.train)
+    steps_per_epoch = n // cfg.train_batch_size
+    total_steps = cfg.train_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    state_path = out_path.with_suffix(".state")
+    start_epoch, elapsed = 0, 0.0
+    if state_path.exists():
+        state = load_torch(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+    bar = tqdm(range(start_epoch, cfg.train_epochs), desc=f"train {cfg.name}", disable=not progress)
+    for epoch in bar:
+        tic = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            x, y = data.train.batch(order[step * cfg.train_batch_size : (step + 1) * cfg.train_batch_size])
+            if cfg.train_augment:
+                x = random_crop_flip(x, padding=max(1, data.image_size // 8), generator=generator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+        elapsed += time.perf_counter() - tic
+        bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / max(steps_per_epoch, 1):.3f}")
+        save_torch(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch,
+                "elapsed": elapsed,
+            },
+            state_path,
+        )
+    model.eval()
+    accuracy = evaluate(model, data.test, device=device)
+    info = {
+        "architecture": cfg.name,
+        "data": data.name,
+        "test_top1": accuracy,
+        "seed": seed,
+        "recipe": {k: v for k, v in vars(cfg).items() if k.startswith("train_")},
+        "command": " ".join(sys.argv),
+        "wall_seconds": elapsed,
+        "machine": platform.platform(),
+        "device": str(device),
+    }
+    sidecar = save_teacher(model, out_path, info)
+    state_path.unlink(missing_ok=True)
+    return model, sidecar
