@@ -1,0 +1,61 @@
+import pytest
+
+from intraq.config import RunConfig, apply_overrides, config_hash, from_dict, to_dict
+from intraq.errors import UserInputError
+from intraq.profiles import PROFILES, get_profile
+
+
+def test_overrides_parse_by_field_type():
+    cfg = apply_overrides(
+        RunConfig(),
+        ["synth.num_images=256", "finetune.lr_steps=3,5", "synth.mdc=false", "data.root=/x", "finetune.lr=1e-5"],
+    )
+    assert cfg.synth.num_images == 256 and cfg.finetune.lr_steps == (3, 5)
+    assert cfg.synth.mdc is False and cfg.data.root == "/x" and cfg.finetune.lr == 1e-5
+
+
+def test_overrides_do_not_mutate_the_input():
+    cfg = RunConfig()
+    apply_overrides(cfg, ["synth.num_images=7"])
+    assert cfg.synth.num_images == 5120
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("synth.nope=1", "unknown field 'nope'"),
+        ("nosection.x=1", "no config section"),
+        ("synth.num_images=abc", "expected a int"),
+        ("synth.mdc=maybe", "expected true or false"),
+        ("synth.num_images", "section.field=value"),
+        ("synth=1", "names a section"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(UserInputError, match=message):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_hash_ignores_locations_but_not_numbers():
+    base = RunConfig()
+    assert config_hash(base) == config_hash(apply_overrides(base, ["data.root=/somewhere/else"]))
+    assert config_hash(base) != config_hash(apply_overrides(base, ["synth.iterations=999"]))
+
+
+def test_round_trip_through_dict():
+    cfg = get_profile("cifar10-cpu")
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+def test_profiles_exist_and_unknown_profile_lists_them():
+    assert {"smoke", "cifar10", "cifar10-cpu", "imagenet"} <= set(PROFILES.names())
+    with pytest.raises(UserInputError, match="known: cifar10, cifar10-cpu, imagenet, smoke"):
+        get_profile("cifar100")
+
+
+def test_cifar10_profile_keeps_official_hyperparameters():
+    cfg = get_profile("cifar10")
+    assert (cfg.synth.num_images, cfg.synth.batch_size, cfg.synth.iterations) == (5120, 256, 1000)
+    assert (cfg.finetune.epochs, cfg.finetune.iters_per_epoch, cfg.finetune.batch_size) == (151, 200, 256)
+    assert cfg.finetune.lr == 1e-4 and cfg.finetune.lr_steps == (20, 40, 60)
+    assert (cfg.finetune.temperature, cfg.finetune.alpha) == (20.0, 20.0)

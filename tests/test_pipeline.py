@@ -1,0 +1,68 @@
+"""End to end on the embedded digits data: the real-data source through quantize -> calibrate -> fine-tune."""
+
+import json
+
+import pytest
+
+from intraq.cli import main
+from intraq.config import apply_overrides
+from intraq.pipeline import RunPaths, case_hash, run_case
+from intraq.profiles import get_profile
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return RunPaths(artifacts=tmp_path / "artifacts", results=tmp_path / "results")
+
+
+def test_smoke_real_case_end_to_end_and_reuse(paths, tiny_overrides):
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=real"])
+    record = run_case(cfg, paths, progress=False)
+    acc = record["accuracy"]
+    assert set(acc) >= {"teacher", "after_calibration", "final_epoch", "best_epoch", "best_epoch_index"}
+    assert acc["teacher"] > 50.0
+    assert 0.0 <= acc["final_epoch"] <= 100.0 and acc["best_epoch"] >= acc["final_epoch"]
+    for key in ("config", "seed", "git_commit", "machine", "seconds", "case"):
+        assert key in record
+    assert record["case"] == case_hash(cfg)
+    assert {"generation", "calibration", "finetune", "evaluation", "total"} <= set(record["seconds"])
+    assert record["quantization"]["weight_bits"] == [4] and record["quantization"]["act_bits"] == [4]
+    stored = paths.results / "smoke" / f"{record['case']}-seed0.json"
+    assert json.loads(stored.read_text())["accuracy"] == acc
+    # A second call reuses the stored result instead of recomputing.
+    assert run_case(cfg, paths, progress=False)["finished"] == record["finished"]
+
+
+def test_case_hash_depends_on_what_matters(tiny_overrides):
+    base = apply_overrides(get_profile("smoke"), tiny_overrides)
+    assert case_hash(base) == case_hash(apply_overrides(base, ["seed=5"]))  # seeds are runs of one case
+    assert case_hash(base) != case_hash(apply_overrides(base, ["quant.act_bits=3"]))
+    squant = apply_overrides(base, ["synth.method=squant"])
+    assert case_hash(squant) == case_hash(apply_overrides(squant, ["finetune.lr=0.5"]))  # PTQ ignores fine-tuning
+
+
+def test_cli_run_prints_the_accuracies(tmp_path, capsys, tiny_overrides):
+    args = ["run", "--profile", "smoke", "--method", "real", "--quiet", "--artifacts", str(tmp_path / "a"),
+            "--results", str(tmp_path / "r")]
+    for item in tiny_overrides:
+        args += ["--set", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for label in ("teacher (full precision)", "W4A4 after calibration only", "W4A4 final epoch", "W4A4 best epoch"):
+        assert label in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--profile", "nope"], "unknown profile 'nope'"),
+        (["run", "--profile", "cifar10-cpu"], "data.root"),
+        (["run", "--profile", "cifar10-cpu", "--data-root", "/no/such/dir"], "/no/such/dir"),
+        (["run", "--set", "synth.bogus=1"], "unknown field 'bogus'"),
+        (["run", "--method", "nope", "--set", "teacher.train_epochs=1"], "unknown synthesizer 'nope'"),
+    ],
+)
+def test_cli_bad_input_fails_with_a_fix(tmp_path, capsys, args, message):
+    code = main([*args, "--quiet", "--artifacts", str(tmp_path / "a"), "--results", str(tmp_path / "r")])
+    assert code == 2
+    assert message in capsys.readouterr().err
