@@ -345,9 +345,7 @@ def test_imagenet_tiny_tree(tmp_path: Path):
     _make_imagenet(tmp_path / "inet")
     (tmp_path / "inet" / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
     splits = build_imagenet(_imagenet_cfg(tmp_path / "inet"))
-    assert (
-        splits.num_classes == 3 and splits.image_size == 224 and splits.class_names == ["n01", "n02", "n03"]
-    )
+    assert splits.num_classes == 3 and splits.image_size == 224 and splits.class_names == ["n01", "n02", "n03"]
     assert splits.norm == IMAGENET_NORM and len(splits.train) == 6 and len(splits.test) == 3
     image, label = splits.test[2]
     assert image.shape == (3, 224, 224) and image.dtype == torch.float32 and label == 2

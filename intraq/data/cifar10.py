@@ -92,9 +92,7 @@ def _find_source(root: Path) -> _Source:
             return _Source("torchvision", tv_dir, file_stats(tv_dir, [tv_dir / name for name in TV_FILES]))
     if all((root / split).is_dir() for split in SPLITS):
         stats = [
-            (f"{split}/{rel}", *rest)
-            for split in SPLITS
-            for rel, *rest in tree_stats(root / split, is_image_name)
+            (f"{split}/{rel}", *rest) for split in SPLITS for rel, *rest in tree_stats(root / split, is_image_name)
         ]
         return _Source("folder", root, stats)
     raise UserInputError(
@@ -179,8 +177,7 @@ def _check_index(index: ImageIndex, where: Path) -> list[str]:
         classes = index.get(split, {})
         if not classes or not any(classes.values()):
             raise UserInputError(
-                f"{where}: split {split!r} has no images; "
-                f"expected {split}/<class>/*.jpg for {NUM_CLASSES} classes"
+                f"{where}: split {split!r} has no images; expected {split}/<class>/*.jpg for {NUM_CLASSES} classes"
             )
         empty = [name for name, items in classes.items() if not items]
         if empty:
@@ -254,9 +251,7 @@ def _check_data(data: dict[str, Any], path: Path) -> None:
         ok = ok and len(images) > 0 and labels.shape == (len(images),)
         ok = ok and int(labels.min()) >= 0 and int(labels.max()) < NUM_CLASSES
     if not ok:
-        raise UserInputError(
-            f"{path} does not hold CIFAR-10 tensors; delete it and the run will decode the data again"
-        )
+        raise UserInputError(f"{path} does not hold CIFAR-10 tensors; delete it and the run will decode the data again")
 
 
 def build_cifar10(cfg: DataConfig) -> DataSplits:

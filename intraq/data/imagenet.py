@@ -64,8 +64,7 @@ def _open_split(path: Path) -> ImageFolder:
         return _VisibleImageFolder(str(path), transform=eval_transform())
     except FileNotFoundError as exc:
         raise UserInputError(
-            f"{path}: no images found ({exc}); "
-            f"expected {path.name}/<class>/*.JPEG with at least one image per class"
+            f"{path}: no images found ({exc}); expected {path.name}/<class>/*.JPEG with at least one image per class"
         ) from exc
 
 
