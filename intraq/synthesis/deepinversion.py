@@ -405,15 +405,18 @@ def generate_deepinversion(ctx: SynthContext, di: DeepInversionConfig | None = N
             images.append(batch_images)
             labels.append(batch_labels)
             records.append(record)
-    preset = preset_for(ctx.data.name) if ctx.data.name in PRESET_BY_DATASET else None
+    presets = {"imagenet": DeepInversionConfig.imagenet_preset, "cifar": DeepInversionConfig.cifar_preset}
+    effective = to_dict(di)
+    differs = None
+    if di.preset in presets:
+        preset_values = to_dict(presets[di.preset]())
+        differs = {k: [v, effective[k]] for k, v in preset_values.items() if effective[k] != v}
     low, high = clip_bounds(ctx.data.norm)
     meta: dict[str, Any] = {
         "method": METHOD,
         "preset": di.preset,
-        "effective": to_dict(di),
-        "differs_from_preset": (
-            {k: [v, getattr(di, k)] for k, v in to_dict(preset).items() if to_dict(di)[k] != v} if preset else None
-        ),
+        "effective": effective,
+        "differs_from_preset": differs,  # field -> [preset value, value used]
         "clip_range": {"low": low.flatten().tolist(), "high": high.flatten().tolist()} if di.clip else None,
         "config_hash": key,
         "cache_dir": str(folder),
