@@ -21,6 +21,7 @@ from intraq.artifacts import artifacts_root
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import DataSplits, build_data
 from intraq.device import pick_device
+from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.trainer import CalibrationSource, ImageSetCalibration, calibrate, finetune
@@ -113,7 +114,14 @@ def get_image_set(
         return image_set, float(image_set.meta.get("wall_seconds", 0.0))
     tic = time.perf_counter()
     synthesizer = SYNTHESIZERS.get(cfg.synth.method)
-    student = calibrated_student(cfg, teacher.model, data, device) if cfg.synth.method == "adi" else None
+    student = None
+    if cfg.synth.method == "adi":
+        if cfg.synth.adi_student == "quantized":
+            student = calibrated_student(cfg, teacher.model, data, device)
+        elif cfg.synth.adi_student == "teacher-copy":  # a fixed FP network, as the released ADI code uses
+            student = copy.deepcopy(teacher.model)
+        else:
+            raise UserInputError(f"unknown synth.adi_student {cfg.synth.adi_student!r}; known: quantized, teacher-copy")
     torch.manual_seed(cfg.seed)
     ctx = SynthContext(
         cfg=cfg, teacher=teacher.model, data=data, device=device, work_dir=paths.artifacts / "synthesis",
@@ -128,6 +136,7 @@ def get_image_set(
 
 def _register_methods() -> None:
     """Import the modules whose import registers synthesizers (kept here so the registry has no import cycle)."""
+    import intraq.synthesis.deepinversion  # noqa: F401
     import intraq.synthesis.gdfq  # noqa: F401
     import intraq.synthesis.intraq  # noqa: F401
     import intraq.synthesis.real  # noqa: F401

@@ -54,6 +54,10 @@ class SynthContext:
     work_dir: Path  # where the method may keep resumable partial state
     student: nn.Module | None = None
     progress: bool = True
+    # How to compute, not what: none of these is part of any hash (results agree within float noise).
+    channels_last: bool = True  # NHWC activations: ~1.7x faster convolutions on CPU (oneDNN) and GPU
+    bf16_autocast: bool = False  # GPU option: teacher forward/backward in bfloat16
+    compile: bool = False  # GPU option: torch.compile the teacher
 
 
 Synthesizer = Callable[[SynthContext], SyntheticSet]

@@ -187,7 +187,8 @@ def _optimize_batch(
     )
     zero_outside = "rotate" in lor.ops
 
-    x = x0.to(device).requires_grad_(True)
+    memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+    x = x0.to(device).contiguous(memory_format=memory_format).requires_grad_(True)
     labels_d, targets_d, thetas_d = labels.to(device), targets.to(device), thetas.to(device)
     centers_d, mask_d = (None, None)
     if settings["mdc"] and centers is not None:
@@ -204,11 +205,14 @@ def _optimize_batch(
     zero = torch.zeros((), device=device)
     terms: dict[str, torch.Tensor] = {}
     tap_cm = tap_features(teacher) if use_mdc else nullcontext(None)
+    forward = torch.compile(teacher) if ctx.compile else teacher
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.bf16_autocast)
     with BNStatsLoss(teacher) as bns, tap_cm as tap:
         for it in range(settings["iterations"]):
             optimizer.zero_grad(set_to_none=True)
             inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
-            logits = teacher(inputs)
+            with autocast:
+                logits = forward(inputs.contiguous(memory_format=memory_format)).float()
             terms = {
                 "bns": bns.loss(),
                 "target": target_loss(settings["target_loss"], logits, labels_d, targets_d),
@@ -296,6 +300,10 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
         unit="it",
         leave=False,
     )
+    if ctx.channels_last:  # weights in NHWC too, so oneDNN/cuDNN pick their channels-last kernels
+        ctx.teacher.to(memory_format=torch.channels_last)
+        if ctx.student is not None:
+            ctx.student.to(memory_format=torch.channels_last)
     with progress, frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
         for k, size in enumerate(sizes):
             path = _batch_path(folder, k, size)
