@@ -187,7 +187,7 @@ def run_case(
     elif method in JOINT_METHODS:
         from intraq.baselines.qimera import run_qimera
 
-        student = quantize_model(teacher.model, cfg.quant).to(device)
+        student = quantize_model(teacher.model, cfg.quant).to(device).requires_grad_(True)
         tic = time.perf_counter()
         out_q = run_qimera(teacher.model, student, data, cfg, device, test_accuracy, progress=progress)
         seconds["qimera_total"] = time.perf_counter() - tic

@@ -66,3 +66,19 @@ def test_cli_bad_input_fails_with_a_fix(tmp_path, capsys, args, message):
     code = main([*args, "--quiet", "--artifacts", str(tmp_path / "a"), "--results", str(tmp_path / "r")])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["intraq", "adi", "gdfq", "deepinversion", "qimera", "squant"])
+def test_every_method_runs_through_the_pipeline(paths, tiny_overrides, method):
+    extra = ["qimera.epochs=3", "qimera.calib_epochs=1", "qimera.warmup_epochs=1", "qimera.iters_per_epoch=3",
+             "qimera.batch_size=16"]
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, *extra, f"synth.method={method}"])
+    record = run_case(cfg, paths, progress=False)
+    acc = record["accuracy"]
+    assert record["method"] == method
+    for key in ("after_calibration", "final_epoch", "best_epoch"):
+        assert 0.0 <= acc[key] <= 100.0
+    if method == "squant":
+        assert acc["after_calibration"] == acc["final_epoch"] == acc["best_epoch"]  # PTQ: one evaluation
+    if method in ("intraq", "adi", "gdfq", "deepinversion"):
+        assert record["synthesis"]["method"] == method
