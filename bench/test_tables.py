@@ -8,15 +8,17 @@ paper's value and the run's metadata go to pytest-benchmark's extra_info as well
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from conftest import BenchOptions
 
 from intraq.pipeline import RunPaths, case_hash, run_case
 from intraq.report.collect import save_figure_data, write_cell_record
 from intraq.results import result_path
 from intraq.tables import Cell, cell_config
+
+if TYPE_CHECKING:
+    from conftest import BenchOptions
 
 
 def test_case(bench_cell: tuple[Cell, int], bench_options: BenchOptions, bench_device: torch.device,

@@ -119,6 +119,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from intraq.report import render_report
+
+    files = render_report(args.profile, args.results, args.out)
+    print(f"report for profile {args.profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intraq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +153,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="render the tables report from results/ (markdown + self-contained HTML)")
+    p.add_argument("--profile", default="smoke", help="whose results to render (default smoke)")
+    p.add_argument("--results", default="results", help="results folder (default ./results)")
+    p.add_argument("--out", default="reports", help="output folder; writes OUT/<profile>/report.{md,html}")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

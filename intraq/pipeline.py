@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,39 @@ def case_hash(cfg: RunConfig) -> str:
     return config_hash(relevant_config(cfg))
 
 
-def synthetic_set_hash(cfg: RunConfig) -> str:
-    """What decides a synthetic set: data, teacher, synthesis settings, seed (and the student's bits for ADI)."""
-    parts = {"data": to_dict(cfg.data), "teacher": to_dict(cfg.teacher), "synth": to_dict(cfg.synth), "seed": cfg.seed}
+def synthetic_set_hash(cfg: RunConfig, teacher_id: str | None = None) -> str:
+    """What decides a synthetic set: data, teacher (config and weights), synthesis settings, seed, and the
+    student's quantization for ADI or the generator settings for GDFQ."""
+    parts = {
+        "data": to_dict(cfg.data), "teacher": to_dict(cfg.teacher), "teacher_id": teacher_id,
+        "synth": to_dict(cfg.synth), "seed": cfg.seed,
+    }
+    if cfg.synth.method == "gdfq":
+        parts["gdfq"] = {"lr": cfg.finetune.gdfq_lr, "latent_dim": cfg.finetune.gdfq_latent_dim}
     if cfg.synth.method == "adi":
         parts["quant"] = to_dict(cfg.quant)
         parts["finetune_calibration"] = {
             k: v for k, v in to_dict(cfg.finetune).items() if k.startswith(("calib", "gdfq"))
         }
     return config_hash(parts)
+
+
+def teacher_identity(info: dict[str, Any]) -> str | None:
+    """What identifies the teacher's weights: the checkpoint's sha256, else the pretrained weights' name."""
+    return info.get("sha256") or info.get("weights") or info.get("pytorchcv_model")
+
+
+def _stored_result_is_current(record: dict[str, Any], cfg: RunConfig, paths: RunPaths) -> bool:
+    """A stored result is reused only if it was made with the teacher checkpoint that is there now."""
+    if cfg.teacher.source != "local":
+        return True
+    from intraq.teacher.checkpoint import read_sidecar
+    from intraq.teacher.load import local_checkpoint_path
+
+    checkpoint = local_checkpoint_path(cfg.teacher, cfg.data.name, paths.artifacts)
+    if not checkpoint.exists():
+        return True  # nothing to compare with; the stored record names its own teacher
+    return read_sidecar(checkpoint).get("sha256") == record.get("teacher", {}).get("sha256")
 
 
 def make_calibration_source(
@@ -108,7 +133,7 @@ def get_image_set(
     cfg: RunConfig, teacher: Teacher, data: DataSplits, device: torch.device, paths: RunPaths, progress: bool
 ) -> tuple[SyntheticSet, float]:
     """The case's image set from its hash-named file, or made (and saved) now; returns it with its seconds."""
-    path = paths.artifacts / "sets" / f"{cfg.synth.method}-{synthetic_set_hash(cfg)}.pt"
+    path = paths.artifacts / "sets" / f"{cfg.synth.method}-{synthetic_set_hash(cfg, teacher_identity(teacher.info))}.pt"
     if path.exists():
         image_set = SyntheticSet.load(path)
         return image_set, float(image_set.meta.get("wall_seconds", 0.0))
@@ -156,7 +181,10 @@ def run_case(
     name = case_hash(cfg)
     out = result_path(paths.results, cfg.profile, name, cfg.seed)
     if out.exists() and not force:
-        return read_result(out)
+        record = read_result(out)
+        if _stored_result_is_current(record, cfg, paths):
+            return record
+        warnings.warn(f"{out} was made with another teacher checkpoint; recomputing it", stacklevel=2)
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)

@@ -82,3 +82,14 @@ def test_every_method_runs_through_the_pipeline(paths, tiny_overrides, method):
         assert acc["after_calibration"] == acc["final_epoch"] == acc["best_epoch"]  # PTQ: one evaluation
     if method in ("intraq", "adi", "gdfq", "deepinversion"):
         assert record["synthesis"]["method"] == method
+
+
+def test_a_result_from_another_teacher_is_recomputed(paths, tiny_overrides):
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=squant"])
+    record = run_case(cfg, paths, progress=False)
+    stored = paths.results / "smoke" / f"{record['case']}-seed0.json"
+    stale = dict(record, teacher=dict(record["teacher"], sha256="0" * 64))
+    stored.write_text(json.dumps(stale))
+    with pytest.warns(UserWarning, match="another teacher checkpoint"):
+        fresh = run_case(cfg, paths, progress=False)
+    assert fresh["teacher"]["sha256"] == record["teacher"]["sha256"]

@@ -21,6 +21,8 @@ from intraq.evaluate import evaluate
 from intraq.teacher.checkpoint import load_teacher_weights, sha256_file
 from intraq.teacher.models import build_model
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class Teacher:
@@ -31,7 +33,10 @@ class Teacher:
 def local_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) -> Path:
     """Default file of a locally trained teacher: named by architecture, data set and recipe hash."""
     if cfg.checkpoint:
-        return Path(cfg.checkpoint)
+        path = Path(cfg.checkpoint)
+        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+            return REPO_ROOT / path  # committed teachers (teachers/...) also resolve outside the repo's root
+        return path
     recipe = {k: v for k, v in vars(cfg).items() if k.startswith("train_")} | {"name": cfg.name, "data": data_name}
     return artifacts / "teachers" / f"{cfg.name}-{data_name}-{config_hash(recipe)}.pt"
 
