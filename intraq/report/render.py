@@ -66,10 +66,12 @@ def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def mean_std_n(mean: float, std: float, n: int) -> str:
+def mean_std_n(mean: float, std: float, n: int, digits: int = 2) -> str:
     if n == 0:
         return "no result"
-    return f"{fmt(mean)} ± {fmt(std)} (n={n})" if n > 1 else f"{fmt(mean)} (n=1)"
+    if n == 1:
+        return f"{fmt(mean, digits)} (n=1)"
+    return f"{fmt(mean, digits)} ± {fmt(std, digits)} (n={n})"
 
 
 def _profile_line(profile: str) -> str:
@@ -185,7 +187,7 @@ def figure_blocks(res: BenchResults) -> list[Block]:
     rows = tuple(
         (m.name, mean_std_n(sum(m.diversities) / len(m.diversities),
                             pd.Series(m.diversities).std(ddof=1) if len(m.diversities) > 1 else math.nan,
-                            len(m.diversities)),
+                            len(m.diversities), digits=3),
          str(m.shown.meta["num_images"]), str(m.shown.meta["feature_dim"]), f"`{m.shown.case}`")
         for m in methods
     )

@@ -1,0 +1,205 @@
+"""The report rendered from a small results fixture: tables, verdicts, figures, markdown and self-contained HTML.
+
+Every number below is FABRICATED for these tests (each record says so in its "fixture" field); nothing here is
+a measurement, and the fixture lives in a temporary folder, never in results/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from intraq.cli import main
+from intraq.errors import UserInputError
+from intraq.report import build_report, render_report
+from intraq.report import figures as figs
+from intraq.report.collect import intra_class_diversity
+from intraq.report.load import load_results, summarize
+from intraq.report.render import TableBlock
+from intraq.tables import all_tables
+
+PROFILE = "fixture"
+
+# FABRICATED best-epoch accuracies per (table, cell): one value per seed. Chosen so that the claims come out as
+# MDC beats ADI: holds; LOR extras add nothing: fails (L+R gains 3.1 points); 256 within a point of 5,120:
+# inconclusive (one seed of 256); more than 5,120 adds little: holds; ordering: holds.
+BEST: dict[tuple[str, str], list[float]] = {
+    ("mdc_vs_adi", "mdc"): [91.0, 91.1, 91.2],
+    ("mdc_vs_adi", "adi"): [80.0, 80.5, 81.0],
+    ("lor", "L"): [91.0, 91.2, 91.1],
+    ("lor", "L+F"): [91.0, 91.1, 91.2],
+    ("lor", "L+R"): [94.1, 94.2, 94.3],
+    ("lor", "L+R+F"): [91.0, 91.1, 91.2],
+    ("data_amount", "256"): [88.0],
+    ("data_amount", "1280"): [89.0, 89.5, 89.2],
+    ("data_amount", "5120"): [91.0, 91.1, 91.2],
+    ("data_amount", "10000"): [91.0, 91.1, 91.2],
+    ("data_amount", "20000"): [91.05, 91.1, 91.15],
+    ("comparison", "real"): [97.0, 97.2, 97.4],
+    ("comparison", "qimera"): [60.0, 61.0, 62.0],
+    ("comparison", "squant"): [70.0, 70.0, 70.0],
+    ("comparison", "intraq"): [91.0, 91.1, 91.2],
+}
+SHARED = "c0ffee000001"  # the IntraQ cell shared by four tables
+
+
+def _case(table: str, cell: str) -> str:
+    if (table, cell) in {("mdc_vs_adi", "mdc"), ("lor", "L+F"), ("data_amount", "5120"), ("comparison", "intraq")}:
+        return SHARED
+    return hashlib.sha256(f"{table}/{cell}".encode()).hexdigest()[:12]
+
+
+def _npz(path: Path, case: str, seed: int, method: str, spread: float) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), 10)
+    centers = rng.normal(size=(4, 8)) * 3
+    feats = centers[labels] + spread * rng.normal(size=(40, 8))
+    meta = {"method": method, "case": case, "seed": seed, "profile": PROFILE, "cell": method, "dataset": "fixture",
+            "num_classes": 4, "class_names": [], "num_images": 40, "feature_dim": 8, "feature_module": "pool",
+            "seconds": 0.5, "fixture": "FABRICATED TEST FIXTURE"}
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, grid_images=rng.integers(0, 255, size=(16, 8, 8, 3), dtype=np.uint8),
+        grid_labels=np.sort(rng.integers(0, 4, 16)).astype(np.int32), features=feats.astype(np.float16),
+        feature_labels=labels.astype(np.int32), diversity=np.float64(0.1 * spread + 0.01 * seed),
+        diversity_classes=np.arange(4, dtype=np.int32), diversity_values=np.full(4, 0.1 * spread),
+        meta=np.array(json.dumps(meta)),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def write_fixture(results: Path) -> None:
+    """Cell files and figure data of a FABRICATED bench run at profile 'fixture'."""
+    for table in all_tables():
+        for cell in table.cells:
+            for seed, best in enumerate(BEST[(table.key, cell.key)]):
+                case = _case(table.key, cell.key)
+                blob = {
+                    "fixture": "FABRICATED TEST FIXTURE: not a measurement",
+                    "table": table.key, "cell": cell.key, "label": cell.label, "note": cell.note,
+                    "paper": {"value": cell.paper.value, "table": cell.paper.table, "row": cell.paper.row,
+                              "setting": cell.paper.setting, "source": cell.paper.source},
+                    "paper_images": cell.paper_images,
+                    "num_images": (cell.paper_images or 5120) // 20,
+                    "case": case, "seed": seed, "profile": PROFILE, "method": "intraq",
+                    "accuracy": {"teacher": 98.0, "after_calibration": best - 5.0, "final_epoch": best - 1.0,
+                                 "best_epoch": best, "best_epoch_index": 7},
+                    "seconds": {"total": 10.0, "generation": 4.0}, "git_commit": "fixture",
+                    "machine": {"processor": "fixture-cpu", "cpu_count": 2, "torch_threads": 1, "torch": "x",
+                                "device": "cpu"},
+                    "config": {"teacher": {"name": "fixture_cnn"}, "data": {"name": "fixture"}},
+                }
+                out = results / PROFILE / "cells" / f"{table.key}--{cell.key}-seed{seed}.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(blob))
+                if cell.figures:
+                    spread = {"mdc": 2.0, "adi": 0.3, "real": 1.0}[cell.key]
+                    _npz(results / PROFILE / "figures-data" / f"{case}-seed{seed}.npz", case, seed, cell.key, spread)
+
+
+@pytest.fixture
+def fixture_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # UMAP's first fit JIT-compiles for ~20 s; the embedding is not what these tests check.
+    monkeypatch.setattr(figs, "embed_2d", lambda f, seed=0: (f[:, :2].astype(float), "PCA (test)"))
+    results = tmp_path / "results"
+    write_fixture(results)
+    return results
+
+
+def _table(report, first_column_value: str) -> TableBlock:
+    for block in report.blocks:
+        if isinstance(block, TableBlock) and block.rows and block.rows[0][0] == first_column_value:
+            return block
+    raise AssertionError(f"no table starting with {first_column_value!r}")
+
+
+def test_summary_numbers(fixture_results: Path) -> None:
+    summary = summarize(load_results(fixture_results, PROFILE)).set_index(["table", "cell"])
+    mdc = summary.loc[("mdc_vs_adi", "mdc")]
+    assert mdc["best_epoch_mean"] == pytest.approx(91.1) and mdc["best_epoch_std"] == pytest.approx(0.1)
+    assert mdc["best_epoch_n"] == 3 and mdc["final_epoch_mean"] == pytest.approx(90.1)
+    assert mdc["best_epoch_diff"] == pytest.approx(91.1 - 63.77)
+    assert summary.loc[("data_amount", "256")]["best_epoch_n"] == 1
+
+
+def test_claim_verdicts(fixture_results: Path) -> None:
+    report = build_report(load_results(fixture_results, PROFILE))
+    verdicts = {v.claim.key: v.verdict for v in report.verdicts}
+    assert verdicts == {
+        "mdc_beats_adi": "holds",
+        "lor_extras_add_nothing": "fails",
+        "small_set_within_a_point": "inconclusive",
+        "more_than_5120_adds_little": "holds",
+        "ordering_real_intraq_squant_qimera": "holds",
+    }
+    lor = next(v for v in report.verdicts if v.claim.key == "lor_extras_add_nothing")
+    failing = [p for p in lor.pairs if p.verdict == "fails"]
+    assert [(p.a, p.b) for p in failing] == [("L+R", "L")] and failing[0].diff == pytest.approx(3.1)
+    glance = _table(report, "MDC vs ADI")
+    assert glance.columns[2] == "Verdict (best epoch)" and glance.rows[0][2] == "holds"
+
+
+def test_rendered_tables(fixture_results: Path) -> None:
+    report = build_report(load_results(fixture_results, PROFILE))
+    comparison = _table(report, "Real data")
+    assert comparison.columns[2:5] == ("Paper (%)", "Ours best epoch (%)", "Δ best − paper")
+    assert comparison.rows[0][2:5] == ("67.89", "97.20 ± 0.20 (n=3)", "+29.31")
+    assert comparison.rows[0][5] == "96.20 ± 0.20 (n=3)"  # final epoch, labelled as such
+    assert comparison.rows[0][9] == f"`{_case('comparison', 'real')}`"
+    amounts = _table(report, "256")
+    assert [r[0] for r in amounts.rows] == ["256", "1,280", "5,120", "10,000", "20,000"]
+    assert amounts.rows[0][3] == "88.00 (n=1)" and amounts.rows[2][2] == "66.47"
+
+
+def test_markdown_and_html_files(fixture_results: Path, tmp_path: Path) -> None:
+    files = render_report(PROFILE, fixture_results, tmp_path / "reports")
+    md, page = files.markdown.read_text(), files.html.read_text()
+    assert "FABRICATED TEST FIXTURE" in md and "FABRICATED TEST FIXTURE" in page
+    for table in all_tables():
+        assert table.title in md and table.title in page
+    for text in ("Total compute time", "Hardware: fixture-cpu", "fixture_cnn (98.00% test top-1)",
+                 "Trap T3", "intra-class diversity"):
+        assert text.lower() in md.lower(), text
+    assert {p.name for p in files.figures} == {"data-amount.png", "image-grid.png", "feature-umap.png",
+                                               "diversity.png"}
+    for path in files.figures:
+        assert path.read_bytes().startswith(b"\x89PNG") and f"figures/{path.name}" in md
+    # self-contained: every figure inlined, nothing fetched from elsewhere
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    md_tables = sum(1 for line in md.splitlines() if line.startswith("|---"))
+    assert page.count("<table>") == md_tables == 1 + 4 + 5 + 1  # glance, four tables, five claims, diversity
+    assert 'class="v-fails"' in page and 'class="v-inconclusive"' in page and 'class="v-holds"' in page
+
+
+def test_diversity_is_measured(fixture_results: Path) -> None:
+    report = build_report(load_results(fixture_results, PROFILE))
+    div = _table(report, "MDC (IntraQ)")
+    assert [r[0] for r in div.rows] == ["MDC (IntraQ)", "ADI", "Real data"]
+    assert div.rows[0][1] == "0.210 ± 0.010 (n=3)" and div.rows[1][1] == "0.040 ± 0.010 (n=3)"
+
+
+def test_intra_class_diversity_metric() -> None:
+    import torch
+
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    mean, per_class = intra_class_diversity(same, torch.tensor([0, 0, 1, 1]))
+    assert mean == pytest.approx(0.0) and per_class == {0: pytest.approx(0.0), 1: pytest.approx(0.0)}
+    mean, _ = intra_class_diversity(same, torch.tensor([0, 1, 0, 1]))  # orthogonal pairs within a class
+    assert mean == pytest.approx(1.0)
+
+
+def test_cli_report_and_missing_results(fixture_results: Path, tmp_path: Path, capsys) -> None:
+    assert main(["report", "--profile", PROFILE, "--results", str(fixture_results), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / PROFILE / "report.html").exists()
+    assert "report.html" in capsys.readouterr().out
+    with pytest.raises(UserInputError, match="pytest bench --profile nothing"):
+        load_results(fixture_results, "nothing")
+    assert main(["report", "--profile", "nothing", "--results", str(fixture_results)]) == 2
