@@ -1,0 +1,50 @@
+"""ReduceLROnPlateau without a host sync: the official schedule (stepped every iteration, T8), kept on device.
+
+torch's ReduceLROnPlateau compares Python floats, so stepping it every iteration forces one device-to-host
+copy per iteration. This keeps best, the bad-iteration count and the learning rate as 0-d tensors and
+updates them with tensor ops; the optimizer reads the lr tensor. Same rule as torch (mode min, relative
+threshold, no cooldown): a loss is better if < best * (1 - threshold); after more than `patience` worse
+ones, lr = max(lr * factor, min_lr) if that lowers it by more than eps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DevicePlateau:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
+        group = optimizer.param_groups[0]
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("DevicePlateau handles one parameter group")
+        device = group["params"][0].device
+        lr = group["lr"]
+        self.lr = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), device=device)
+        group["lr"] = self.lr  # Adam/SGD accept a tensor lr and read it at every step
+        self.best = torch.tensor(float("inf"), device=device)
+        self.bad = torch.zeros((), dtype=torch.long, device=device)
+        self.factor, self.patience, self.threshold, self.min_lr, self.eps = factor, patience, threshold, min_lr, eps
+
+    @torch.no_grad()
+    def step(self, loss: torch.Tensor) -> None:
+        loss = loss.detach().to(self.best.dtype)
+        better = loss < self.best * (1.0 - self.threshold)
+        self.best.copy_(torch.where(better, loss, self.best))
+        self.bad.copy_(torch.where(better, torch.zeros_like(self.bad), self.bad + 1))
+        reduce = self.bad > self.patience
+        new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
+        lower = reduce & (self.lr - new_lr > self.eps)
+        self.lr.copy_(torch.where(lower, new_lr, self.lr))
+        self.bad.copy_(torch.where(reduce, torch.zeros_like(self.bad), self.bad))
+
+    def current_lr(self) -> float:
+        """The lr as a float (a host sync: for logging only)."""
+        return float(self.lr)
