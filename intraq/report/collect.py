@@ -50,7 +50,7 @@ def figure_file(results: Path, profile: str, case: str, seed: int) -> Path:
 
 
 def write_cell_record(
-    cell: Cell, cfg: RunConfig, record: dict[str, Any], results: Path, reused: bool, bench_budget: str = ""
+    cell: Cell, cfg: RunConfig, record: dict[str, Any], results: Path, reused: bool
 ) -> dict[str, Any]:
     """Write (atomically) the cell file for `cell` at `cfg.seed`: the paper's value next to the measured one."""
     out = {
@@ -74,7 +74,6 @@ def write_cell_record(
         "config": record.get("config", to_dict(cfg)),
         "result_file": f"{record['case']}-seed{record['seed']}.json",
         "reused_stored_result": reused,
-        "bench_budget": bench_budget,
         "rotation_degrees": cfg.synth.rotation_degrees if "R" in cfg.synth.lor.split("+") else None,
     }
     save_json(out, cell_file(results, cfg.profile, cell, cfg.seed))

@@ -40,18 +40,17 @@ def data_amount_figure(summary: pd.DataFrame, profile: str) -> bytes:
     rows = summary[summary["table"] == "data_amount"].sort_values("paper_images")
     fig = Figure(figsize=(11, 4.2))
     left, right = fig.subplots(1, 2)
-    used = [float(v.split(",")[0]) if v else math.nan for v in rows["num_images"]]
+    used = [float(v) for v in rows["images_used"]]
     for metric, marker, label in (("best_epoch", "o", "ours, best epoch"), ("final_epoch", "s", "ours, final epoch")):
         left.errorbar(used, rows[f"{metric}_mean"], yerr=rows[f"{metric}_std"].fillna(0.0), marker=marker,
                       capsize=3, label=f"{label} (mean ± std over seeds)")
     left.set_xscale("log")
+    shown = [x for x in used if not math.isnan(x)]
+    left.set_xticks(shown, [f"{int(x):,}" for x in shown], fontsize=8)
+    left.minorticks_off()
     left.set_xlabel(f"synthetic images used at profile {profile} (log scale)")
     left.set_ylabel("W4A4 top-1 accuracy (%)")
     left.set_title(f"Ours ({profile})")
-    for x, paper_n in zip(used, rows["paper_images"], strict=True):
-        if not math.isnan(x):
-            left.annotate(f"paper {int(paper_n):,}", (x, left.get_ylim()[0]), textcoords="offset points",
-                          xytext=(0, 4), ha="center", fontsize=7, color="0.4")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
 

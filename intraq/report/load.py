@@ -75,7 +75,7 @@ def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
         "seconds_total": float(blob.get("seconds", {}).get("total", 0.0)),
         "seconds": blob.get("seconds", {}), "git_commit": blob.get("git_commit"),
         "machine": _machine_text(blob.get("machine")), "reused": bool(blob.get("reused_stored_result", False)),
-        "bench_budget": blob.get("bench_budget", ""), "fixture": bool(blob.get("fixture", False)),
+"fixture": bool(blob.get("fixture", False)),
         "rotation_degrees": blob.get("rotation_degrees"), "note": blob.get("note", ""),
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),
         "dataset": (blob.get("config") or {}).get("data", {}).get("name"), "file": path.name,
@@ -123,8 +123,9 @@ def summarize(results: BenchResults) -> pd.DataFrame:
                 "table": table.key, "cell": cell.key, "label": cell.label, "paper_value": cell.paper.value,
                 "paper_where": f"{cell.paper.table}, {cell.paper.row}", "paper_images": cell.paper_images,
                 "n": int(len(rows)), "cases": ", ".join(sorted(set(rows["case"]))) if len(rows) else "",
-                "num_images": ", ".join(sorted({str(int(v)) for v in rows["num_images"].dropna()}))
-                if len(rows) else "",
+                "num_images": "; ".join(f"{v:,}" for v in sorted({int(v) for v in rows["num_images"].dropna()})),
+                "images_used": float(rows["num_images"].dropna().min()) if rows["num_images"].notna().any()
+                else math.nan,
                 "teacher": float(rows["teacher"].mean()) if len(rows) else math.nan,
                 "seeds": ", ".join(str(s) for s in sorted(rows["seed"])) if len(rows) else "",
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import pandas as pd
 from intraq.claims import FAILS, HOLDS, INCONCLUSIVE, ClaimVerdict, evaluate_claim
 from intraq.report import figures as figs
 from intraq.report.load import BenchResults, load_results, summarize
-from intraq.tables import METRIC_LABELS, PAPER_BASE_IMAGES, PAPER_SETTING, Table, all_tables
+from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, PAPER_SETTING, Table, all_tables
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,14 @@ def _profile_line(profile: str) -> str:
     if profile not in PROFILES:
         return profile
     doc = (PROFILES.get(profile).__doc__ or "").strip().splitlines()
-    return f"{profile}: {doc[0]}" if doc else profile
+    return f"`{profile}`, {doc[0].rstrip('.')}" if doc else profile
 
 
 def header_blocks(res: BenchResults) -> list[Block]:
     rows = res.rows
     runs = rows.drop_duplicates(["case", "seed"])
     compute = float(runs["seconds_total"].sum()) + sum(float(f.meta.get("seconds", 0.0)) for f in res.figures.values())
-    teachers = sorted({f"{t} ({a:.2f}% test top-1)" for t, a in zip(rows["teacher_name"], rows["teacher"],
+    teachers = sorted({f"{t}, {a:.2f}% test top-1" for t, a in zip(rows["teacher_name"], rows["teacher"],
                                                                        strict=True) if a == a})
     datasets = sorted({str(d) for d in rows["dataset"]})
     items = []
@@ -96,7 +97,7 @@ def header_blocks(res: BenchResults) -> list[Block]:
     items += [
         f"Profile: {_profile_line(res.profile)}.",
         f"All measured numbers come from this profile's data ({', '.join(datasets)}) and teacher "
-        f"({', '.join(teachers)}). The paper's values are for {PAPER_SETTING}; unless the profile is `imagenet`, "
+        f"({'; '.join(teachers)}). The paper's values are for {PAPER_SETTING}; unless the profile is `imagenet`, "
         "compare differences and claim verdicts with the paper, not absolute values.",
         f"Hardware: {'; '.join(sorted(set(rows['machine'])))}.",
         f"Total compute time: {compute / 60:.1f} min ({compute:.0f} s) over {len(runs)} runs "
@@ -104,9 +105,6 @@ def header_blocks(res: BenchResults) -> list[Block]:
         f"Seeds: {', '.join(str(s) for s in sorted(set(rows['seed'])))}. "
         f"Commits: {', '.join(sorted({str(c) for c in rows['git_commit']}))}.",
     ]
-    budgets = sorted({b for b in rows["bench_budget"] if b})
-    if budgets:
-        items.append(f"Bench budget: {'; '.join(budgets)}.")
     items += [
         "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ".",
         "Claims: decided on per-seed best-epoch accuracies (the paper's metric) with a Welch 90% interval of the "
@@ -167,8 +165,12 @@ def _method_figure_data(res: BenchResults) -> list[figs.MethodFigureData]:
     return out
 
 
-def figure_blocks(res: BenchResults) -> list[Block]:
-    methods = _method_figure_data(res)
+def figure_verdict(methods: Sequence[figs.MethodFigureData]) -> ClaimVerdict:
+    """Figure 1's claim on the measured intra-class diversity, per seed, with the accuracy claims' rules."""
+    return evaluate_claim(FIGURE_CLAIM, {m.name: list(m.diversities) for m in methods}, "intra_class_diversity")
+
+
+def figure_blocks(res: BenchResults, methods: Sequence[figs.MethodFigureData]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Synthetic images and their features (supplementary §1, Figure 1)")]
     if not methods:
         return [*blocks, Para("No figure data in results/ (run the mdc_vs_adi and comparison cases).")]
@@ -197,9 +199,40 @@ def figure_blocks(res: BenchResults) -> list[Block]:
         "between images of the same class, averaged over classes with ≥ 2 images, on each whole image set. "
         "The figure's claim ('MDC scatters a lot, ADI is in a dense concentration') predicts MDC > ADI.",
     ))
+    verdict = figure_verdict(methods)
+    pairs = "; ".join(f"{p.a} − {p.b} = {fmt(p.diff, 3, signed=True)}, 90% CI [{fmt(p.ci_low, 3, signed=True)}, "
+                      f"{fmt(p.ci_high, 3, signed=True)}]: {p.reason}" for p in verdict.pairs)
+    blocks.append(Para(f"**Claim: {FIGURE_CLAIM.text}.** Verdict: **{verdict.verdict}**. {pairs}. "
+                       f"Test: {verdict.test}"))
     blocks.append(FigureBlock("diversity.png", figs.diversity_figure(methods),
                               "Intra-class diversity per method: bar = mean over seeds, dots = single seeds."))
     return blocks
+
+
+def throughput_blocks(results_dir: Path) -> list[Block]:
+    """The machines' measured throughput (bench/bench_throughput.py's results/throughput/*.json), if any."""
+    files = sorted((Path(results_dir) / "throughput").glob("*.json"))
+    rows = []
+    for path in files:
+        try:
+            blob = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # another tool's file; a bad one must not stop the report
+        machine = blob.get("machine", {})
+        peak = blob.get("measurements", {}).get("matmul_peak", {}).get("flops")
+        for key, m in sorted(blob.get("measurements", {}).items()):
+            if "items_per_second" not in m:
+                continue
+            rows.append((path.stem, f"{machine.get('processor', '?')}, {m.get('threads', '?')} thread(s)",
+                         m.get("name", key), str(m.get("batch", "–")), fmt(m["items_per_second"], 1),
+                         fmt(peak / 1e9 if peak else None, 1), fmt(100 * m.get("fraction_of_peak", math.nan), 0)))
+    if not rows:
+        return []
+    return [Heading(2, "Machine throughput"),
+            TableBlock(("Host", "CPU", "Measurement", "Batch", "Images / s", "Matmul peak (GFLOP/s)",
+                        "% of peak"), tuple(rows),
+                       "From `pytest bench -k throughput` (ResNet-20, 32 x 32), results/throughput/; independent "
+                       "of the profile.")]
 
 
 def build_report(res: BenchResults) -> Report:
@@ -228,10 +261,15 @@ def build_report(res: BenchResults) -> Report:
         notes = [f"{c.label}: {c.note}" for c in table.cells if c.note]
         sections += [Para("Cells: " + "; ".join(notes) + ".")] if notes else []
         sections += claim_blocks(best, final)
+    methods = _method_figure_data(res)
+    if methods:
+        report.verdicts.append(figure_verdict(methods))
+        overview.append(("Figure 1 (diversity)", FIGURE_CLAIM.text, report.verdicts[-1].verdict,
+                         "n/a (measured on features)"))
     report.blocks += [Heading(2, "Claims at a glance"),
                       TableBlock(("Table", "Paper's claim", "Verdict (best epoch)", "Verdict (final epoch)"),
                                  tuple(overview))]
-    report.blocks += sections + figure_blocks(res)
+    report.blocks += sections + figure_blocks(res, methods) + throughput_blocks(res.results_dir)
     return report
 
 
