@@ -40,7 +40,7 @@ class Throughput:
         return asdict(self) | {"fraction_of_peak": self.fraction_of_peak}
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
+def matmul_peak_flops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Best-of-`repeats` fp32 GEMM rate: the practical ceiling that the rest is compared with."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
