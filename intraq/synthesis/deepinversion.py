@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from intraq.artifacts import load_torch, save_torch
 from intraq.config import LOCATION_FIELDS, RunConfig, config_hash, to_dict
 from intraq.data.base import Normalization
 from intraq.errors import UserInputError
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
-from intraq.synthesis.intraq import batch_seed, frozen, state_fingerprint
+from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
 from intraq.synthesis.losses import adi_competition_loss
 
 METHOD = "deepinversion"
@@ -249,10 +248,6 @@ def draw_labels(mode: str, size: int, num_classes: int, generator: torch.Generat
 # ----------------------------------------------------------------------------------------------- loop
 
 
-def _batch_path(folder: Path, index: int, size: int) -> Path:
-    return folder / f"batch{index:05d}-n{size}.pt"
-
-
 def _optimize_batch(
     ctx: SynthContext, di: DeepInversionConfig, index: int, size: int, progress: tqdm
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -332,19 +327,6 @@ def _optimize_batch(
     return out.float().cpu(), labels.long(), record
 
 
-def _load_batch(path: Path, size: int, channels: int, side: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    blob = load_torch(path)
-    ok = (
-        isinstance(blob, dict)
-        and {"images", "labels", "record"} <= set(blob)
-        and tuple(blob["images"].shape) == (size, channels, side, side)
-        and tuple(blob["labels"].shape) == (size,)
-    )
-    if not ok:
-        raise UserInputError(f"{path} is not a finished DeepInversion batch of the expected shape; delete it")
-    return blob["images"], blob["labels"], blob["record"]
-
-
 def cache_key(ctx: SynthContext, di: DeepInversionConfig) -> str:
     """Hash of everything that decides the images except num_images (and file locations)."""
     key: dict[str, Any] = {
@@ -383,7 +365,7 @@ def generate_deepinversion(ctx: SynthContext, di: DeepInversionConfig | None = N
     folder = Path(ctx.work_dir) / f"{METHOD}-{key}"
     n_batches = math.ceil(di.num_images / di.batch_size)
     sizes = [min(di.batch_size, di.num_images - k * di.batch_size) for k in range(n_batches)]
-    todo = sum(1 for k, size in enumerate(sizes) if not _batch_path(folder, k, size).exists())
+    todo = sum(1 for k, size in enumerate(sizes) if not batch_path(folder, k, size).exists())
     images, labels, records = [], [], []
     reused = 0
     progress = tqdm(
@@ -392,16 +374,12 @@ def generate_deepinversion(ctx: SynthContext, di: DeepInversionConfig | None = N
     student = ctx.student if di.adi_scale != 0 else None
     with progress, frozen(ctx.teacher), frozen(student):
         for k, size in enumerate(sizes):
-            path = _batch_path(folder, k, size)
-            if path.exists():
-                batch_images, batch_labels, record = _load_batch(
-                    path, size, ctx.data.channels, ctx.data.image_size
-                )
-                reused += 1
-            else:
-                batch_images, batch_labels, record = _optimize_batch(ctx, di, k, size, progress)
-                save_torch({"images": batch_images, "labels": batch_labels, "record": record}, path)
-                progress.set_postfix(batch=k, loss=f"{record['best_total']:.4g}", acc=f"{record['teacher_acc']:.2f}")
+            batch_images, batch_labels, record, was_reused = load_or_make_batch(
+                batch_path(folder, k, size), size, ctx.data.channels, ctx.data.image_size,
+                lambda k=k, size=size: _optimize_batch(ctx, di, k, size, progress),
+            )
+            reused += was_reused
+            progress.set_postfix(batch=k, loss=f"{record['best_total']:.4g}", acc=f"{record['teacher_acc']:.2f}")
             images.append(batch_images)
             labels.append(batch_labels)
             records.append(record)

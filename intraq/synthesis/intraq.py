@@ -14,22 +14,19 @@ never from other runs' files (trap T6).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from intraq.artifacts import load_torch, save_torch
 from intraq.config import LOCATION_FIELDS, RunConfig, SynthConfig, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
+from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
 from intraq.synthesis.bn_stats import BNStatsLoss
 from intraq.synthesis.centers import ClassCenters
 from intraq.synthesis.lor import LOR_VARIANTS, LORSettings, apply_affine, sample_lor_schedule
@@ -103,24 +100,6 @@ def effective_synth_settings(
     return settings
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    """A 63-bit seed for batch k that depends only on (seed, k): batches can be made in any order."""
-    digest = hashlib.sha256(f"intraq-bench/synthesis/{seed}/{batch_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def state_fingerprint(model: nn.Module) -> str:
-    """sha256 of a model's state dict, so a cache folder is never reused with other teacher weights."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
     """Hash of everything that decides the images except num_images (and except file locations)."""
     cfg = ctx.cfg
@@ -140,28 +119,6 @@ def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
         key["quant"] = to_dict(cfg.quant)
         key["student_state"] = state_fingerprint(ctx.student)
     return config_hash(key, exclude=LOCATION_FIELDS | {"synth.num_images"})
-
-
-@contextmanager
-def frozen(model: nn.Module | None) -> Iterator[None]:
-    """Eval mode and no parameter gradients for the duration; both are restored afterwards."""
-    if model is None:
-        yield
-        return
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def _batch_path(folder: Path, index: int, size: int) -> Path:
-    return folder / f"batch{index:05d}-n{size}.pt"
 
 
 def _optimize_batch(
@@ -255,21 +212,6 @@ def _optimize_batch(
     return x.detach().float().cpu(), labels, record
 
 
-def _load_batch(path: Path, size: int, channels: int, side: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    blob = load_torch(path)
-    ok = (
-        isinstance(blob, dict)
-        and {"images", "labels", "record"} <= set(blob)
-        and tuple(blob["images"].shape) == (size, channels, side, side)
-        and tuple(blob["labels"].shape) == (size,)
-    )
-    if not ok:
-        raise UserInputError(
-            f"{path} is not a finished synthesis batch of the expected shape; delete it to regenerate"
-        )
-    return blob["images"], blob["labels"], blob["record"]
-
-
 def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
     """Make (or extend, or resume) the IntraQ / ADI synthetic set of `ctx.cfg.synth.num_images` images."""
     wall_start = time.perf_counter()
@@ -292,7 +234,7 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
     n, bsz = s.num_images, s.batch_size
     n_batches = math.ceil(n / bsz)
     sizes = [min(bsz, n - k * bsz) for k in range(n_batches)]
-    todo = sum(1 for k, size in enumerate(sizes) if not _batch_path(folder, k, size).exists())
+    todo = sum(1 for k, size in enumerate(sizes) if not batch_path(folder, k, size).exists())
     centers = ClassCenters(ctx.data.num_classes) if settings["mdc"] else None
     images, labels, records = [], [], []
     reused = 0
@@ -309,20 +251,12 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
             ctx.student.to(memory_format=torch.channels_last)
     with progress, frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
         for k, size in enumerate(sizes):
-            path = _batch_path(folder, k, size)
-            if path.exists():
-                batch_images, batch_labels, record = _load_batch(
-                    path, size, ctx.data.channels, ctx.data.image_size
-                )
-                reused += 1
-            else:
-                batch_images, batch_labels, record = _optimize_batch(
-                    ctx, settings, k, size, centers, progress
-                )
-                save_torch({"images": batch_images, "labels": batch_labels, "record": record}, path)
-                progress.set_postfix(
-                    batch=k, loss=f"{record['final_total']:.4g}", acc=f"{record['teacher_acc']:.2f}"
-                )
+            batch_images, batch_labels, record, was_reused = load_or_make_batch(
+                batch_path(folder, k, size), size, ctx.data.channels, ctx.data.image_size,
+                lambda k=k, size=size: _optimize_batch(ctx, settings, k, size, centers, progress),
+            )
+            reused += was_reused
+            progress.set_postfix(batch=k, loss=f"{record['final_total']:.4g}", acc=f"{record['teacher_acc']:.2f}")
             if centers is not None and k < n_batches - 1:
                 centers.add_images(ctx.teacher, batch_images.to(ctx.device), batch_labels)
             images.append(batch_images)
