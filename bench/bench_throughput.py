@@ -14,7 +14,7 @@ import torch
 
 from intraq.results import git_commit, machine_info, now_utc, write_result
 from intraq.teacher.models import build_model
-from intraq.throughput import matmul_peak_flops, measure_finetune, measure_generation
+from intraq.throughput import matmul_peak_flops, matmul_peaks, measure_finetune, measure_generation
 
 RESULTS = Path("results") / "throughput"
 
@@ -35,11 +35,13 @@ def collected():
         )
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("path", ["fast", "reference", "compiled"])
 def test_throughput_generation(benchmark, peak, collected, path):
-    fast = path == "fast"
+    fast = path != "reference"
     result = benchmark.pedantic(
-        lambda: measure_generation(build_model("resnet20", 10), channels_last=fast, fast_bns=fast, peak=peak),
+        lambda: measure_generation(
+            build_model("resnet20", 10), channels_last=fast, fast_bns=fast, peak=peak, compiled=path == "compiled"
+        ),
         rounds=1, iterations=1,
     )
     benchmark.extra_info.update(result.to_dict())
@@ -57,6 +59,6 @@ def test_throughput_finetune(benchmark, peak, collected):
 
 
 def test_throughput_matmul_peak(benchmark, collected):
-    value = benchmark.pedantic(matmul_peak_flops, rounds=1, iterations=1)
-    benchmark.extra_info["gflops"] = value / 1e9
-    collected["matmul_peak"] = {"flops": value, "threads": torch.get_num_threads()}
+    peaks = benchmark.pedantic(matmul_peaks, rounds=1, iterations=1)
+    benchmark.extra_info.update({f"{k}_gflops": v / 1e9 for k, v in peaks.items()})
+    collected["matmul_peak"] = {"flops": max(peaks.values()), "by_kernel": peaks, "threads": torch.get_num_threads()}

@@ -35,6 +35,7 @@ class BenchOptions:
     artifacts: Path | None
     device: str
     threads: int
+    compile: bool  # torch.compile the generation loss (worth it at cifar10 scale, not at smoke)
     extra: tuple[str, ...]  # overrides applied before the cell's (data.root, --set ...)
 
 
@@ -51,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: small models on a shared 2-core CPU run several times "
                     "faster on one thread than on two)")
+    group.addoption("--compile", action="store_true",
+                    help="torch.compile the image-generation loss (same numbers; faster for long runs)")
     group.addoption("--set", dest="bench_overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a config field for every case (changes the case hashes)")
 
@@ -62,7 +65,8 @@ def _options(config: pytest.Config) -> BenchOptions:
     return BenchOptions(
         profile=config.getoption("profile"), seeds=config.getoption("seeds"),
         results=Path(config.getoption("results")), artifacts=Path(artifacts) if artifacts else None,
-        device=config.getoption("device"), threads=config.getoption("threads"), extra=tuple(extra),
+        device=config.getoption("device"), threads=config.getoption("threads"),
+        compile=config.getoption("compile"), extra=tuple(extra),
     )
 
 

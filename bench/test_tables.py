@@ -30,8 +30,10 @@ def test_case(bench_cell: tuple[Cell, int], bench_options: BenchOptions, bench_d
     name = case_hash(cfg)
     reused = result_path(paths.results, cfg.profile, name, seed).exists()
 
-    record = benchmark.pedantic(run_case, args=(cfg, paths, bench_device), kwargs={"progress": False},
-                                rounds=1, iterations=1, warmup_rounds=0)
+    record = benchmark.pedantic(
+        run_case, args=(cfg, paths, bench_device), kwargs={"progress": False, "compile": opts.compile},
+        rounds=1, iterations=1, warmup_rounds=0,
+    )
     if cell.figures:
         save_figure_data(cfg, cell, paths.results, opts.artifacts, bench_device)
     written = write_cell_record(cell, cfg, record, paths.results, reused)

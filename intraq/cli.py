@@ -25,6 +25,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the image-generation loss (faster for long runs; ~30 s to compile)")
 
 
 def build_config(args: argparse.Namespace, method: str | None = None) -> RunConfig:
@@ -82,7 +84,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     paths = RunPaths.default(args.artifacts)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=not args.quiet)
-    image_set, seconds = get_image_set(cfg, teacher, data, device, paths, progress=not args.quiet)
+    image_set, seconds = get_image_set(
+        cfg, teacher, data, device, paths, progress=not args.quiet, compile=args.compile
+    )
     with torch.no_grad():
         predicted = torch.cat([teacher.model(image_set.images[i : i + 256].to(device)).argmax(1).cpu()
                                for i in range(0, len(image_set), 256)])
@@ -104,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     paths = RunPaths.default(args.artifacts, args.results)
-    record = run_case(cfg, paths, device, progress=not args.quiet, force=args.force)
+    record = run_case(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
     acc = record["accuracy"]
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     print(f"case {case_hash(cfg)} seed {cfg.seed} ({cfg.profile}, {cfg.synth.method}, {bits})")

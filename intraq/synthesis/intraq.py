@@ -164,23 +164,18 @@ def _optimize_batch(
         optimizer, factor=0.1, patience=settings["plateau_patience"], min_lr=settings["min_lr"]
     )
     zero = torch.zeros((), device=device)
-    terms: dict[str, torch.Tensor] = {}
-    tap_cm = tap_features(teacher) if use_mdc else nullcontext(None)
-    forward = torch.compile(teacher) if ctx.compile else teacher
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.bf16_autocast)
+    tap_cm = tap_features(teacher) if use_mdc else nullcontext(None)
     with BNStatsLoss(teacher) as bns, tap_cm as tap:
-        for it in range(settings["iterations"]):
-            optimizer.zero_grad(set_to_none=True)
-            inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
+
+        def loss_terms(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+            """All loss terms of one iteration; one unit, so torch.compile can fuse it whole."""
             with autocast:
-                logits = forward(inputs.contiguous(memory_format=memory_format)).float()
-            terms = {
-                "bns": bns.loss(),
-                "target": target_loss(settings["target_loss"], logits, labels_d, targets_d),
-            }
+                logits = teacher(inputs).float()
+            terms = {"bns": bns.loss(), "target": target_loss(settings["target_loss"], logits, labels_d, targets_d)}
             if use_mdc:
                 terms["mdc_lower"], terms["mdc_upper"] = mdc_loss(
-                    tap.features, centers_d, mask_d, settings["margin_low"], settings["margin_up"]
+                    tap.features.float(), centers_d, mask_d, settings["margin_low"], settings["margin_up"]
                 )
             elif settings["mdc"]:
                 terms["mdc_lower"] = terms["mdc_upper"] = zero
@@ -188,6 +183,13 @@ def _optimize_batch(
                 terms["adi"] = adi_competition_loss(
                     student(inputs), logits, settings["adi_temperature"], settings["adi_scale"]
                 )
+            return terms
+
+        compute = torch.compile(loss_terms) if ctx.compile else loss_terms
+        for it in range(settings["iterations"]):
+            optimizer.zero_grad(set_to_none=True)
+            inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
+            terms = compute(inputs.contiguous(memory_format=memory_format))
             total = sum(terms.values())
             total.backward()
             optimizer.step()
