@@ -147,12 +147,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate (or reuse) an image set")
     _common(p)
-    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | real")
+    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | deepinversion | real")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="quantize, fine-tune and evaluate one case")
     _common(p)
-    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | real | qimera | squant")
+    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | deepinversion | real | qimera | squant")
     p.add_argument("--results", default="results", help="results folder (default ./results)")
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
