@@ -55,11 +55,29 @@ def _per_channel_range(weight: Tensor) -> tuple[Tensor, Tensor]:
     return flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
 
 
-class QuantConv2d(nn.Conv2d):
-    """Conv2d whose weight is re-quantized per output channel from its current FP value on every forward, so
-    fine-tuning updates the FP shadow weight through the STE. Bias stays FP."""
+class _PerChannelWeightQuant:
+    """Shared by QuantConv2d and QuantLinear: the weight is re-quantized per output channel (row) from its current
+    FP value on every forward, so fine-tuning updates the FP shadow weight through the STE. Bias stays FP."""
 
+    weight: nn.Parameter
     weight_bits: int
+
+    def _finish_copy(self, layer: nn.Module, bits: int) -> None:
+        _copy_params(layer, self)  # type: ignore[arg-type]
+        self.weight_bits = _check_bits(bits)
+        self.train(layer.training)  # type: ignore[attr-defined]
+
+    def quantized_weight(self) -> Tensor:
+        """The fake-quantized weight used by `forward` (differentiable via the STE)."""
+        w_min, w_max = _per_channel_range(self.weight)
+        return quantize_affine(self.weight, self.weight_bits, w_min, w_max)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"  # type: ignore[misc]
+
+
+class QuantConv2d(_PerChannelWeightQuant, nn.Conv2d):
+    """Conv2d with per-output-channel min/max weight quantization recomputed every forward (methods §1.2)."""
 
     @classmethod
     def from_float(cls, layer: nn.Conv2d, bits: int) -> QuantConv2d:
@@ -77,27 +95,15 @@ class QuantConv2d(nn.Conv2d):
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )
-        _copy_params(layer, new)
-        new.weight_bits = _check_bits(bits)
-        new.train(layer.training)
+        new._finish_copy(layer, bits)
         return new
-
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight used by `forward` (differentiable via the STE)."""
-        w_min, w_max = _per_channel_range(self.weight)
-        return quantize_affine(self.weight, self.weight_bits, w_min, w_max)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
 
-
-class QuantLinear(nn.Linear):
-    """Linear with per-row weight quantization recomputed every forward (methods §1.2). Bias stays FP."""
-
-    weight_bits: int
+class QuantLinear(_PerChannelWeightQuant, nn.Linear):
+    """Linear with per-row min/max weight quantization recomputed every forward (methods §1.2)."""
 
     @classmethod
     def from_float(cls, layer: nn.Linear, bits: int) -> QuantLinear:
@@ -109,21 +115,11 @@ class QuantLinear(nn.Linear):
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )
-        _copy_params(layer, new)
-        new.weight_bits = _check_bits(bits)
-        new.train(layer.training)
+        new._finish_copy(layer, bits)
         return new
-
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight used by `forward` (differentiable via the STE)."""
-        w_min, w_max = _per_channel_range(self.weight)
-        return quantize_affine(self.weight, self.weight_bits, w_min, w_max)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
 
 
 def _copy_params(src: nn.Module, dst: nn.Module) -> None:
