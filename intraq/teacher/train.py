@@ -101,6 +101,7 @@ def train_teacher(
         "wall_seconds": elapsed,
         "machine": platform.platform(),
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
     }
     sidecar = save_teacher(model, out_path, info)
     state_path.unlink(missing_ok=True)
