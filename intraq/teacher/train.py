@@ -18,6 +18,7 @@ from intraq.artifacts import load_torch, save_torch
 from intraq.config import TeacherConfig
 from intraq.data.augment import random_crop_flip
 from intraq.data.base import DataSplits, TensorImageDataset
+from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.teacher.checkpoint import save_teacher
 from intraq.teacher.models import build_model
@@ -33,7 +34,7 @@ def train_teacher(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `cfg.name` on `data.train`, write checkpoint + sidecar to `out_path`; resumes from `<out>.state`."""
     if not isinstance(data.train, TensorImageDataset):
-        raise NotImplementedError(
+        raise UserInputError(
             f"the teacher recipe trains on in-memory data sets (digits, cifar10); for {data.name} use a "
             "pretrained teacher (teacher.source=torchvision or pytorchcv, or teacher.checkpoint=FILE)"
         )
