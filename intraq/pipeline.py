@@ -249,6 +249,7 @@ def run_case(
         accuracy = {
             "after_calibration": result.acc_after_calibration, "final_epoch": result.acc_final,
             "best_epoch": result.acc_best, "best_epoch_index": result.best_epoch,
+            "diverged_at_epoch": result.diverged_at_epoch,
         }
         meta = {k: v for k, v in image_set.meta.items() if not isinstance(v, torch.Tensor)}
         extra = {"synthesis": meta, "history": result.history, "quantization": describe_quantization(student)}

@@ -59,3 +59,17 @@ def test_cifar10_profile_keeps_official_hyperparameters():
     assert (cfg.finetune.epochs, cfg.finetune.iters_per_epoch, cfg.finetune.batch_size) == (151, 200, 256)
     assert cfg.finetune.lr == 1e-4 and cfg.finetune.lr_steps == (20, 40, 60)
     assert (cfg.finetune.temperature, cfg.finetune.alpha) == (20.0, 20.0)
+
+
+def _flat(cfg) -> dict:
+    return {f"{section}.{k}": v for section, fields in to_dict(cfg).items() if isinstance(fields, dict)
+            for k, v in fields.items()}
+
+
+def test_cifar10_cpu_lists_exactly_what_it_changes():
+    from intraq.profiles import profile_deviations
+
+    official, reduced = _flat(get_profile("cifar10")), _flat(get_profile("cifar10-cpu"))
+    changed = {k for k in official if official[k] != reduced[k]}
+    assert changed == set(profile_deviations("cifar10-cpu"))
+    assert profile_deviations("cifar10") == {} and profile_deviations("imagenet") == {}

@@ -125,3 +125,33 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
     assert [h.get("acc") for h in resumed.history] == [h.get("acc") for h in straight.history]
     assert [h.get("loss") for h in resumed.history] == pytest.approx([h.get("loss") for h in straight.history])
+
+
+def test_divergence_stops_the_run_and_is_flagged(tmp_path):
+    teacher, student, images, labels, calibration = _setup()
+    cfg = FinetuneConfig(epochs=8, iters_per_epoch=3, batch_size=16, lr=1e12, lr_steps=(), calib_epochs=2)
+    evaluated = []
+
+    def record_eval(model):
+        evaluated.append(len(evaluated))
+        return 10.0
+
+    result = finetune(
+        student, teacher, images, labels, record_eval, calibration, make_finetune_augment(cfg), cfg,
+        torch.device("cpu"), seed=3, checkpoint_path=tmp_path / "ft.pt", progress=False,
+    )
+    stop = result.diverged_at_epoch
+    assert stop is not None and 2 <= stop < 7  # a finetune epoch, and before the end
+    assert [h["epoch"] for h in result.history] == list(range(stop + 1))  # nothing after the diverged epoch
+    assert result.history[-1]["diverged"] and "acc" in result.history[-1]  # evaluated once more, then stopped
+    again = finetune(  # resuming a diverged run does not train on NaN weights
+        student, teacher, images, labels, record_eval, calibration, make_finetune_augment(cfg), cfg,
+        torch.device("cpu"), seed=3, checkpoint_path=tmp_path / "ft.pt", progress=False,
+    )
+    assert again.diverged_at_epoch == stop and len(again.history) == len(result.history)
+
+
+def test_a_stable_run_is_not_flagged(tmp_path):
+    _, result = _run(tmp_path, _accuracy_stub)
+    assert result.diverged_at_epoch is None
+    assert not any(h.get("diverged") for h in result.history)

@@ -11,6 +11,7 @@ State is checkpointed atomically after every epoch, so an interrupted run resume
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,7 @@ class FinetuneResult:
     acc_final: float
     acc_best: float
     best_epoch: int
+    diverged_at_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -137,6 +139,8 @@ def finetune(
         generator.set_state(state["generator"])
         history, seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
         sampler.order, sampler.pos = state["sampler_order"], state["sampler_pos"]
+        if history and history[-1].get("diverged"):
+            start_epoch = cfg.epochs  # stopped on divergence: nothing left to resume
 
     total_iters = cfg.epochs * cfg.iters_per_epoch
     bar = tqdm(total=total_iters, initial=start_epoch * cfg.iters_per_epoch, desc="fine-tune", disable=not progress)
@@ -169,9 +173,11 @@ def finetune(
                 bar.update()
             record["lr"] = lr
             record["loss"] = loss_sum.item() / cfg.iters_per_epoch  # one host sync per epoch
+            record["diverged"] = not math.isfinite(record["loss"])
             seconds["finetune"] += time.perf_counter() - tic
         last_calibration = epoch == cfg.calib_epochs - 1
-        if last_calibration or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+        diverged = record.get("diverged", False)
+        if last_calibration or diverged or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
             tic = time.perf_counter()
             record["acc"] = evaluate(student)
             student.eval()
@@ -194,6 +200,10 @@ def finetune(
                 },
                 checkpoint_path,
             )
+        if diverged:
+            # A non-finite loss never recovers (NaN weights): stop, keep the evaluated epochs, flag it.
+            bar.write(f"fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping")
+            break
     bar.close()
     return summarize(history, cfg.calib_epochs, seconds)
 
@@ -203,11 +213,13 @@ def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float])
     evaluated = [h for h in history if "acc" in h]
     after_calibration = next(h["acc"] for h in evaluated if h["epoch"] == calib_epochs - 1)
     best = max(evaluated, key=lambda h: (h["acc"], h["epoch"]))
+    diverged_at = next((h["epoch"] for h in history if h.get("diverged")), None)
     return FinetuneResult(
         acc_after_calibration=after_calibration,
         acc_final=evaluated[-1]["acc"],
         acc_best=best["acc"],
         best_epoch=best["epoch"],
+        diverged_at_epoch=diverged_at,
         history=history,
         seconds=seconds,
     )

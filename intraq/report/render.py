@@ -105,6 +105,23 @@ def header_blocks(res: BenchResults) -> list[Block]:
         f"Seeds: {', '.join(str(s) for s in sorted(set(rows['seed'])))}. "
         f"Commits: {', '.join(sorted({str(c) for c in rows['git_commit']}))}.",
     ]
+    from intraq.profiles import profile_deviations
+
+    deviations = profile_deviations(res.profile)
+    if deviations:
+        items.append(
+            "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
+            + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
+        )
+    diverged = runs[runs["diverged_at_epoch"].notna()] if "diverged_at_epoch" in runs else runs.iloc[0:0]
+    if len(diverged):
+        listed = ", ".join(
+            f"{r.table}/{r.cell} seed {r.seed} (epoch {int(r.diverged_at_epoch)})" for r in diverged.itertuples()
+        )
+        items.append(
+            f"Fine-tuning diverged (non-finite KD loss; the run stopped there, its best epoch counts the epochs "
+            f"before) in {len(diverged)} of {len(runs)} runs: {listed}."
+        )
     items += [
         "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ".",
         "Claims: decided on per-seed best-epoch accuracies (the paper's metric) with a Welch 90% interval of the "
