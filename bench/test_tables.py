@@ -1,4 +1,5 @@
-"""One benchmark case per cell of the supplementary's four tables (`intraq.tables`), timed by pytest-benchmark.
+"""One benchmark case per table cell (`intraq.tables`: the supplementary's four tables and the main CIFAR-10 setting),
+timed by pytest-benchmark.
 
 Each case runs `run_case` (or returns its stored record: shared cells and resumed runs compute nothing), then
 writes the cell file the report reads and, for the figure cells, the figure data. The measured accuracies, the

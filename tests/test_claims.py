@@ -101,19 +101,22 @@ def test_paper_values_carry_table_row_and_setting() -> None:
     assert values[("data_amount", "256")] == 65.87 and values[("data_amount", "20000")] == 66.50
     assert values[("comparison", "real")] == 67.89 and values[("comparison", "qimera")] == 63.84
     assert values[("mdc_vs_adi", "mdc")] == 63.77 and values[("mdc_vs_adi", "adi")] == 54.97
+    assert values[("main_cifar10", "w4a4")] == 91.49 and values[("main_cifar10", "w3a3")] == 77.07
     for table in all_tables():
+        network = "ResNet-20" if table.key == "main_cifar10" else "ResNet-18"
         for cell in table.cells:
-            assert cell.paper.table and cell.paper.row and "ResNet-18" in cell.paper.setting
+            assert cell.paper.table and cell.paper.row and network in cell.paper.setting
     assert "20,000" in get_table("data_amount").cell("20000").paper.setting
 
 
 def test_shared_intraq_cell_has_one_hash_and_runs_once_per_seed() -> None:
-    shared = [("mdc_vs_adi", "mdc"), ("lor", "L+F"), ("data_amount", "5120"), ("comparison", "intraq")]
+    shared = [("mdc_vs_adi", "mdc"), ("lor", "L+F"), ("data_amount", "5120"), ("comparison", "intraq"),
+              ("main_cifar10", "w4a4")]
     hashes = {case_hash(cell_config(get_table(t).cell(c), "smoke", 0)) for t, c in shared}
     assert len(hashes) == 1
     found = jobs("smoke", seeds=2)
-    assert len(found) == 2 * 12
-    assert sum(1 for j in found if len(j.cells) == 4) == 2
+    assert len(found) == 2 * 13  # 16 cells, the shared one counted once, plus W3A3
+    assert sum(1 for j in found if len(j.cells) == 5) == 2
 
 
 def test_data_amounts_scale_with_the_profile() -> None:

@@ -46,12 +46,15 @@ BEST: dict[tuple[str, str], list[float]] = {
     ("comparison", "qimera"): [60.0, 61.0, 62.0],
     ("comparison", "squant"): [70.0, 70.0, 70.0],
     ("comparison", "intraq"): [91.0, 91.1, 91.2],
+    ("main_cifar10", "w4a4"): [91.0, 91.1, 91.2],
+    ("main_cifar10", "w3a3"): [80.0, 81.0, 82.0],
 }
-SHARED = "c0ffee000001"  # the IntraQ cell shared by four tables
+SHARED = "c0ffee000001"  # the IntraQ cell shared by five tables
 
 
 def _case(table: str, cell: str) -> str:
-    if (table, cell) in {("mdc_vs_adi", "mdc"), ("lor", "L+F"), ("data_amount", "5120"), ("comparison", "intraq")}:
+    if (table, cell) in {("mdc_vs_adi", "mdc"), ("lor", "L+F"), ("data_amount", "5120"), ("comparison", "intraq"),
+                         ("main_cifar10", "w4a4")}:
         return SHARED
     return hashlib.sha256(f"{table}/{cell}".encode()).hexdigest()[:12]
 
@@ -145,6 +148,7 @@ def test_claim_verdicts(report: Report) -> None:
         "more_than_5120_adds_little": "holds",
         "ordering_real_intraq_squant_qimera": "holds",
         "mdc_features_more_diverse": "holds",  # on intra-class diversity, not accuracy
+        "w3a3_drops_more": "holds",
     }
     lor = next(v for v in report.verdicts if v.claim.key == "lor_extras_add_nothing")
     failing = [p for p in lor.pairs if p.verdict == "fails"]
@@ -181,8 +185,18 @@ def test_markdown_and_html_files(fixture_results: Path, tmp_path: Path) -> None:
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
     assert not re.search(r'(src|href)="(?!data:)', page)
     md_tables = sum(1 for line in md.splitlines() if line.startswith("|---"))
-    assert page.count("<table>") == md_tables == 1 + 4 + 5 + 1  # glance, four tables, five claims, diversity
+    assert page.count("<table>") == md_tables == 1 + 5 + 6 + 1  # glance, five tables, six claims, diversity
     assert 'class="v-fails"' in page and 'class="v-inconclusive"' in page and 'class="v-holds"' in page
+
+
+def test_main_setting_shows_both_drops_from_full_precision(report: Report) -> None:
+    main = _table(report, "W4A4")
+    assert "Paper drop from FP" in main.columns and "Our drop (teacher − best)" in main.columns
+    drop_paper, drop_ours = main.columns.index("Paper drop from FP"), main.columns.index("Our drop (teacher − best)")
+    assert [r[0] for r in main.rows] == ["W4A4", "W3A3"]
+    assert main.rows[0][drop_paper] == "2.40" and main.rows[1][drop_paper] == "16.82"  # 93.89 - 91.49 / - 77.07
+    assert main.rows[0][drop_ours] == "6.90" and main.rows[1][drop_ours] == "17.00"  # teacher 98.0 - mean best
+    assert "Paper drop from FP" not in _table(report, "256").columns
 
 
 def test_diversity_is_measured(report: Report) -> None:

@@ -134,20 +134,28 @@ def header_blocks(res: BenchResults) -> list[Block]:
 
 def table_block(table: Table, summary: pd.DataFrame) -> TableBlock:
     rows = summary[summary["table"] == table.key]
+    fp = table.paper_full_precision
     columns = ("Row", "Images used", "Paper (%)", "Ours best epoch (%)", "Δ best − paper", "Ours final epoch (%)",
                "Δ final − paper", "Ours after calibration (%)", "Teacher (%)", "Case")
+    if fp is not None:
+        columns = (*columns[:-1], "Paper drop from FP", "Our drop (teacher − best)", columns[-1])
     out = []
     for _, r in rows.iterrows():
-        out.append((
+        row = (
             r["label"], r["num_images"] or "–", fmt(r["paper_value"]),
             mean_std_n(r["best_epoch_mean"], r["best_epoch_std"], r["best_epoch_n"]), fmt(r["best_epoch_diff"],
                                                                                           signed=True),
             mean_std_n(r["final_epoch_mean"], r["final_epoch_std"], r["final_epoch_n"]),
             fmt(r["final_epoch_diff"], signed=True),
             mean_std_n(r["after_calibration_mean"], r["after_calibration_std"], r["after_calibration_n"]),
-            fmt(r["teacher"]), f"`{r['cases']}`" if r["cases"] else "–",
-        ))
-    caption = f"{table.paper_ref}: {table.caption} Paper values: {PAPER_SETTING} unless the row varies it."
+            fmt(r["teacher"]),
+        )
+        if fp is not None:
+            row = (*row, fmt(fp - r["paper_value"]), fmt(r["teacher"] - r["best_epoch_mean"]))
+        out.append((*row, f"`{r['cases']}`" if r["cases"] else "–"))
+    fp_text = f" (full precision {fp:.2f})" if fp is not None else ""
+    caption = (f"{table.paper_ref}: {table.caption} Paper values: {table.paper_setting}{fp_text} unless the row "
+               "varies it.")
     return TableBlock(columns, tuple(out), caption)
 
 
