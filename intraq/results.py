@@ -15,7 +15,10 @@ from intraq.artifacts import load_json, save_json
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The current commit, with '+dirty' when the working tree has uncommitted changes; 'unknown' outside git."""
+    """The current commit, with '+dirty' when the working tree has uncommitted changes.
+
+    Outside a git checkout (a copy of a clean tree sent to another machine) it is $INTRAQ_GIT_COMMIT, which the
+    sender sets to the commit it copied; else 'unknown'."""
     cwd = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -25,7 +28,7 @@ def git_commit(repo: Path | None = None) -> str:
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("INTRAQ_GIT_COMMIT") or "unknown"
     return commit + ("+dirty" if dirty else "")
 
 
