@@ -8,7 +8,8 @@ cases, files and records as a plain bench run; finished cases are reused). Jobs 
 of every case first, then the other seeds. Data-amount jobs of one seed run in one chain, smallest amount first,
 so each set extends the previous one's per-batch files instead of regenerating them in parallel. At the deadline
 running jobs are stopped: a stopped job leaves no result (its fine-tuning checkpoint stays in the artifacts).
-Arguments after `--` go to every pytest process.
+Arguments after `--` go to every pytest process; location options only (--data-root, --results, --artifacts,
+--device): a `--set` there would change the case hashes the jobs select by.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=None, help="seconds after which running jobs are stopped")
     parser.add_argument("--first", action="append", default=[], help="case hash to start before the rest")
     parser.add_argument("--logs", default="parallel-logs", help="folder for one log per job")
+    parser.add_argument("--give-up-after", type=int, default=3,
+                        help="start nothing new once this many jobs failed before any passed (a broken setup)")
     parser.add_argument("--dry-run", action="store_true", help="print the chains and exit")
     args = parser.parse_args(argv)
 
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     def remaining() -> float | None:
         return None if args.deadline is None else args.deadline - (time.monotonic() - start)
 
+    def broken() -> bool:
+        codes = [s.split(" ", 1)[0] for s in status.values()]
+        return "0" not in codes and sum(1 for c in codes if c not in {"0", "not"}) >= args.give_up_after
+
     def worker() -> None:
         while True:
             with lock:
@@ -102,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{job.case}-seed{job.seed}"
                 if left is not None and left <= 0:
                     status[name] = "not started (deadline)"
+                    continue
+                if broken():
+                    status[name] = "not started (every finished job failed)"
                     continue
                 cmd = [sys.executable, "-m", "pytest", str(REPO / "bench" / "test_tables.py"), "-q",
                        "-p", "no:cacheprovider", "--profile", args.profile, "--seeds", str(args.seeds),
