@@ -17,8 +17,11 @@ from intraq.artifacts import load_json, save_json
 def git_commit(repo: Path | None = None) -> str:
     """The current commit, with '+dirty' when the working tree has uncommitted changes.
 
-    Outside a git checkout (a copy of a clean tree sent to another machine) it is $INTRAQ_GIT_COMMIT, which the
-    sender sets to the commit it copied; else 'unknown'."""
+    $INTRAQ_GIT_COMMIT, when set, wins: a sender that copies a clean tree of that commit to another machine sets
+    it, because the copy may carry no `.git` or a stale one (seen on a lent GPU machine). Else 'unknown' outside
+    git."""
+    if os.environ.get("INTRAQ_GIT_COMMIT"):
+        return os.environ["INTRAQ_GIT_COMMIT"]
     cwd = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -28,7 +31,7 @@ def git_commit(repo: Path | None = None) -> str:
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("INTRAQ_GIT_COMMIT") or "unknown"
+        return "unknown"
     return commit + ("+dirty" if dirty else "")
 
 
