@@ -1,0 +1,107 @@
+"""Probe the first steps of stage-2 fine-tuning of one case: per-step KD loss, gradient norm and agreement.
+
+    python bench/probe_finetune.py --profile cifar10-cpu --steps 50 --set finetune.lr=1e-4 -- DATA_ROOT
+
+Why: a diverging fine-tuning shows in its first few steps; this measures them directly (one process, under a
+minute at cifar10-cpu) instead of a whole case. It builds the case's image set (reused from the artifacts when it
+exists), calibrates the quantized student as the case does, then takes `--steps` SGD steps with the case's
+optimizer, augmentation and KD loss on random batches, and evaluates test top-1 once at the end. The record
+(config, seed, commit, machine, seconds, every step) is written to results/diagnostics/finetune-probe/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from intraq.artifacts import save_json
+from intraq.config import apply_overrides, config_hash, to_dict
+from intraq.data import build_data
+from intraq.device import pick_device
+from intraq.evaluate import evaluate
+from intraq.finetune.augment import make_finetune_augment
+from intraq.finetune.kd import kd_loss_intraq
+from intraq.finetune.trainer import calibrate
+from intraq.pipeline import RunPaths, _register_methods, get_image_set, make_calibration_source, teacher_identity
+from intraq.profiles import get_profile
+from intraq.quantize import quantize_model
+from intraq.results import git_commit, machine_info, now_utc
+from intraq.tables import INTRAQ_BASE
+from intraq.teacher.load import get_teacher
+
+
+def probe(args: argparse.Namespace) -> dict:
+    cfg = apply_overrides(get_profile(args.profile), [*INTRAQ_BASE, f"seed={args.seed}", *args.overrides])
+    device = pick_device(args.device)
+    torch.manual_seed(cfg.seed)
+    _register_methods()
+    paths = RunPaths.default(args.artifacts)
+    data = build_data(cfg.data)
+    teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=False)
+    image_set, _ = get_image_set(cfg, teacher, data, device, paths, progress=True)
+    images, labels = image_set.images, image_set.labels
+    tic = time.perf_counter()
+    student = quantize_model(teacher.model, cfg.quant).to(device)
+    ft = cfg.finetune
+    calibrate(student, make_calibration_source(cfg, teacher.model, data, images, device),
+              ft.calib_epochs * ft.iters_per_epoch)
+    student.eval().requires_grad_(True)
+    model = teacher.model.eval()
+    optimizer = torch.optim.SGD(student.parameters(), lr=ft.lr, momentum=ft.momentum, nesterov=ft.nesterov,
+                                weight_decay=ft.weight_decay)
+    augment = make_finetune_augment(ft)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps = []
+    for step in range(args.steps):
+        idx = torch.randint(len(images), (min(ft.batch_size, len(images)),), generator=generator)
+        x = augment(images[idx].to(device), generator)
+        with torch.no_grad():
+            teacher_logits = model(x)
+        student_logits = student(x)
+        loss = kd_loss_intraq(student_logits, teacher_logits, labels[idx].to(device), ft.temperature, ft.alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), float("inf"))
+        optimizer.step()
+        agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+        steps.append({"step": step, "kd_loss": loss.item(), "grad_norm": grad_norm.item(),
+                      "agreement_with_teacher": agreement.item()})
+        print(f"step {step:3d}  KD loss {loss.item():9.2f}  grad norm {grad_norm.item():10.1f}  "
+              f"agreement {agreement.item():.2f}", flush=True)
+    accuracy = evaluate(student, data.test, ft.eval_batch_size, device)
+    print(f"test top-1 after {args.steps} steps: {accuracy:.2f}%")
+    return {
+        "what": "first steps of stage-2 fine-tuning (bench/probe_finetune.py)",
+        "profile": cfg.profile, "seed": cfg.seed, "steps": steps, "test_top1_after_steps": accuracy,
+        "image_set": {k: v for k, v in image_set.meta.items() if not isinstance(v, torch.Tensor)},
+        "teacher": teacher.info, "teacher_id": teacher_identity(teacher.info), "config": to_dict(cfg),
+        "overrides": list(args.overrides), "git_commit": git_commit(), "machine": machine_info(device),
+        "seconds": time.perf_counter() - tic, "finished": now_utc(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cifar10-cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--artifacts", default=None)
+    parser.add_argument("--out", default="results/diagnostics/finetune-probe")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = probe(args)
+    name = config_hash({"config": record["config"], "steps": args.steps})
+    out = save_json(record, Path(args.out) / f"{record['profile']}-{name}-seed{record['seed']}.json")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
