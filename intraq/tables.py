@@ -242,7 +242,7 @@ CIFAR10_SETTING = "ResNet-20, CIFAR-10, 5,120 synthetic images"
 
 
 def _main_cifar10() -> Table:
-    ref = "Main paper, Table 1 (CIFAR-10)"
+    ref = "Main results (paper and official README)"
     fp = 93.89  # the lineage's ResNet-20 teacher as IntraQ/Qimera/GDFQ report it (anchors: FP baseline drift)
     cells = (
         Cell("main_cifar10", "w4a4", "W4A4", INTRAQ_BASE, PaperValue(91.49, ref, "W4A4 IntraQ", CIFAR10_SETTING),
