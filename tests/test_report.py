@@ -22,8 +22,8 @@ from intraq.report import build_report, render_report
 from intraq.report import figures as figs
 from intraq.report.collect import intra_class_diversity
 from intraq.report.load import load_results, summarize
-from intraq.report.render import Report, TableBlock, to_markdown
-from intraq.tables import all_tables
+from intraq.report.render import Report, TableBlock, compute_line, to_markdown
+from intraq.tables import all_tables, get_table
 
 PROFILE = "fixture"
 
@@ -235,3 +235,10 @@ def test_cli_report_and_missing_results(fixture_results: Path, tmp_path: Path, c
     with pytest.raises(UserInputError, match="pytest bench --profile nothing"):
         load_results(fixture_results, "nothing")
     assert main(["report", "--profile", "nothing", "--results", str(fixture_results)]) == 2
+
+
+def test_each_table_states_its_compute(fixture_results: Path) -> None:
+    res = load_results(fixture_results, PROFILE)
+    line = compute_line(res, get_table("lor"))
+    # 4 cells x 3 seeds, 10 s each in the fixture; the shared L+F cell counts here too
+    assert line.startswith("Compute for this table: 2.0 min over 12 runs") and "fixture-cpu" in line

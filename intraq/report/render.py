@@ -260,6 +260,18 @@ def throughput_blocks(results_dir: Path) -> list[Block]:
                        "of the profile.")]
 
 
+def compute_line(res: BenchResults, table: Table) -> str:
+    """The compute behind one table: summed run time of its distinct (case, seed) runs, and where they ran."""
+    rows = res.rows[res.rows["table"] == table.key].drop_duplicates(["case", "seed"])
+    if not len(rows):
+        return "Compute: no runs yet."
+    seconds = float(rows["seconds_total"].sum())
+    per_machine = rows.groupby("machine")["seconds_total"].agg(["sum", "count"])
+    where = "; ".join(f"{int(r['count'])} on {m} ({r['sum'] / 60:.1f} min)" for m, r in per_machine.iterrows())
+    return (f"Compute for this table: {seconds / 60:.1f} min over {len(rows)} runs (a run shared with other tables "
+            f"counts in each; runs in parallel overlap in wall time): {where}.")
+
+
 def build_report(res: BenchResults) -> Report:
     """Every block of the report, and each claim's verdict (best epoch first)."""
     report = Report(res.profile, header_blocks(res))
@@ -272,7 +284,8 @@ def build_report(res: BenchResults) -> Report:
         report.verdicts += best
         for b, f in zip(best, final, strict=True):
             overview.append((table.title, b.claim.text, b.verdict, f.verdict))
-        sections += [Heading(2, f"{i}. {table.title} ({table.paper_ref})"), table_block(table, summary)]
+        sections += [Heading(2, f"{i}. {table.title} ({table.paper_ref})"), table_block(table, summary),
+                     Para(compute_line(res, table))]
         if table.key == "data_amount":
             sizes = summary[summary["table"] == "data_amount"]["num_images"]
             used = ", ".join(f"{n:,} → {u}" for n, u in zip(
