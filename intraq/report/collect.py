@@ -76,6 +76,8 @@ def write_cell_record(
         "reused_stored_result": reused,
         "rotation_degrees": cfg.synth.rotation_degrees if "R" in cfg.synth.lor.split("+") else None,
     }
+    if record.get("git_commit_note"):
+        out["git_commit_note"] = record["git_commit_note"]
     save_json(out, cell_file(results, cfg.profile, cell, cfg.seed))
     return out
 
