@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from intraq.tables import Job, get_table, jobs, scaled_amount
+from intraq.tables import Job, cell_config, get_table, jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,12 +37,9 @@ class Chain:
 
 def data_amount_images(job: Job, profile: str) -> int | None:
     """The number of images of a job that shows a data-amount cell (None for other jobs)."""
-    from intraq.profiles import get_profile
-
-    base = get_profile(profile).synth.num_images
-    amounts = [scaled_amount(get_table("data_amount").cell(c.split("-", 1)[1]).paper_images or 0, base)
-               for c in job.cells if c.startswith("data_amount-")]
-    return amounts[0] if amounts else None
+    table = get_table("data_amount")
+    keys = [c.split("-", 1)[1] for c in job.cells if c.startswith(f"{table.key}-")]
+    return cell_config(table.cell(keys[0]), profile).synth.num_images if keys else None
 
 
 def make_chains(profile: str, seeds: int, first: list[str]) -> list[Chain]:
@@ -89,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     pending = list(chains)
     status: dict[str, str] = {}
-    running: set[subprocess.Popen] = set()
 
     def remaining() -> float | None:
         return None if args.deadline is None else args.deadline - (time.monotonic() - start)
@@ -119,16 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                 tic = time.monotonic()
                 with open(logs / f"{name}.log", "w") as log:
                     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-                    with lock:
-                        running.add(proc)
                     try:
                         code = proc.wait(timeout=left)
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
                         code = "stopped at the deadline"
-                    with lock:
-                        running.discard(proc)
                 status[name] = f"{code} in {time.monotonic() - tic:.0f} s"
                 print(f"[{time.monotonic() - start:6.0f} s] {name} ({', '.join(job.cells)}): {status[name]}",
                       flush=True)

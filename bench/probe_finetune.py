@@ -23,8 +23,7 @@ from intraq.data import build_data
 from intraq.device import pick_device
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
-from intraq.finetune.kd import kd_loss_intraq
-from intraq.finetune.trainer import calibrate
+from intraq.finetune.trainer import calibrate, kd_backward, make_optimizer
 from intraq.pipeline import RunPaths, _register_methods, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
 from intraq.quantize import quantize_model
@@ -50,20 +49,14 @@ def probe(args: argparse.Namespace) -> dict:
               ft.calib_epochs * ft.iters_per_epoch)
     student.eval().requires_grad_(True)
     model = teacher.model.eval()
-    optimizer = torch.optim.SGD(student.parameters(), lr=ft.lr, momentum=ft.momentum, nesterov=ft.nesterov,
-                                weight_decay=ft.weight_decay)
+    optimizer = make_optimizer(student, ft)
     augment = make_finetune_augment(ft)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps = []
     for step in range(args.steps):
         idx = torch.randint(len(images), (min(ft.batch_size, len(images)),), generator=generator)
         x = augment(images[idx].to(device), generator)
-        with torch.no_grad():
-            teacher_logits = model(x)
-        student_logits = student(x)
-        loss = kd_loss_intraq(student_logits, teacher_logits, labels[idx].to(device), ft.temperature, ft.alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, student_logits, teacher_logits = kd_backward(student, model, x, labels[idx].to(device), optimizer, ft)
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), float("inf"))
         optimizer.step()
         agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()

@@ -135,9 +135,13 @@ def imagenet() -> RunConfig:
     )
 
 
+# Per profile, what it changes relative to the official settings; profiles not listed are official.
+PROFILE_DEVIATIONS: dict[str, dict[str, str]] = {"cifar10-cpu": CIFAR10_CPU_REDUCTIONS}
+
+
 def profile_deviations(name: str) -> dict[str, str]:
     """What a profile changes relative to the official settings, and why (empty for the official profiles)."""
-    return dict(CIFAR10_CPU_REDUCTIONS) if name == "cifar10-cpu" else {}
+    return dict(PROFILE_DEVIATIONS.get(name, {}))
 
 
 def get_profile(name: str) -> RunConfig:

@@ -98,6 +98,29 @@ class EpochSampler:
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def make_optimizer(student: nn.Module, cfg: FinetuneConfig) -> torch.optim.SGD:
+    """The official stage-2 optimizer: SGD with (Nesterov) momentum and weight decay on every parameter."""
+    return torch.optim.SGD(
+        student.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+
+
+def kd_backward(
+    student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+    cfg: FinetuneConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stage-2 step up to the gradients (the caller steps): teacher logits without grad, KD loss, backward.
+
+    Returns the loss and both logits, still on the device (no host sync)."""
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    student_logits = student(x)
+    loss = kd_loss_intraq(student_logits, teacher_logits, y, cfg.temperature, cfg.alpha)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, student_logits, teacher_logits
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -126,9 +149,7 @@ def finetune(
     student.eval().requires_grad_(True).to(memory_format=memory_format)  # T14: BN stats frozen; weights train
     generator = torch.Generator().manual_seed(seed)
     sampler = EpochSampler(len(images), cfg.batch_size, generator)
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
+    optimizer = make_optimizer(student, cfg)
     history: list[dict] = []
     seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
     start_epoch = 0
@@ -163,11 +184,7 @@ def finetune(
                 x = augment(images[idx].to(device, non_blocking=True), generator)
                 x = x.contiguous(memory_format=memory_format)
                 y = labels[idx].to(device, non_blocking=True)
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss_intraq(student(x), teacher_logits, y, cfg.temperature, cfg.alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, _, _ = kd_backward(student, teacher, x, y, optimizer, cfg)
                 optimizer.step()
                 loss_sum += loss.detach()
                 bar.update()

@@ -113,7 +113,7 @@ def header_blocks(res: BenchResults) -> list[Block]:
             "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
             + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
         )
-    diverged = runs[runs["diverged_at_epoch"].notna()] if "diverged_at_epoch" in runs else runs.iloc[0:0]
+    diverged = runs[runs["diverged_at_epoch"].notna()]
     if len(diverged):
         listed = ", ".join(
             f"{r.table}/{r.cell} seed {r.seed} (epoch {int(r.diverged_at_epoch)})" for r in diverged.itertuples()
