@@ -37,7 +37,7 @@ def test_case(bench_cell: tuple[Cell, int], bench_options: BenchOptions, bench_d
     )
     if cell.figures:
         save_figure_data(cfg, cell, paths.results, opts.artifacts, bench_device)
-    written = write_cell_record(cell, cfg, record, paths.results, reused)
+    written = write_cell_record(cell, cfg, record, paths.results)
 
     benchmark.extra_info.update({
         "table": cell.table, "cell": cell.key, "label": cell.label, "case": name, "seed": seed,

@@ -13,9 +13,12 @@ import torch
 
 from intraq.artifacts import load_json, save_json
 
+OUTPUT_FOLDERS = ("results", "reports")  # written by runs and `intraq report`; not code
+
 
 def git_commit(repo: Path | None = None) -> str:
-    """The current commit, with '+dirty' when the working tree has uncommitted changes.
+    """The current commit, with '+dirty' when the working tree has uncommitted changes to tracked files outside
+    OUTPUT_FOLDERS (a bench run rewrites committed cell files; that must not mark the next run's code as dirty).
 
     $INTRAQ_GIT_COMMIT, when set, wins: a sender that copies a clean tree of that commit to another machine sets
     it, because the copy may carry no `.git` or a stale one (seen on a lent GPU machine). Else 'unknown' outside
@@ -28,7 +31,9 @@ def git_commit(repo: Path | None = None) -> str:
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+             *(f":(top,exclude){folder}" for folder in OUTPUT_FOLDERS)],
+            cwd=cwd, capture_output=True, text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -105,3 +105,28 @@ def test_git_commit_of_a_copied_tree_comes_from_the_sender(tmp_path, monkeypatch
     monkeypatch.setenv("INTRAQ_GIT_COMMIT", "0123abcd")
     assert git_commit(tmp_path) == "0123abcd"
     assert git_commit() == "0123abcd"  # the sender's word wins over a possibly stale .git
+
+
+def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_outputs(tmp_path, monkeypatch):
+    """A bench run rewrites committed cell files under results/; the next run's code is still the commit's."""
+    import subprocess
+
+    from intraq.results import git_commit
+
+    monkeypatch.delenv("INTRAQ_GIT_COMMIT", raising=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    for name in ("code.py", "results/smoke/cells/a.json", "reports/smoke/report.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "results/smoke/cells/a.json").write_text("v2\n")
+    (tmp_path / "reports/smoke/report.md").write_text("v2\n")
+    (tmp_path / "results/smoke/new.json").write_text("untracked\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("v2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
+    assert git_commit(tmp_path / "results") == head + "+dirty"  # asked from a subfolder, the code still counts

@@ -242,3 +242,17 @@ def test_each_table_states_its_compute(fixture_results: Path) -> None:
     line = compute_line(res, get_table("lor"))
     # 4 cells x 3 seeds, 10 s each in the fixture; the shared L+F cell counts here too
     assert line.startswith("Compute for this table: 2.0 min over 12 runs") and "fixture-cpu" in line
+
+
+def test_header_points_to_provenance_notes(tmp_path: Path, fixture_results: Path) -> None:
+    """A record whose commit was corrected or explained after the run is counted in the header, by commit."""
+    noted = tmp_path / "noted"
+    (noted / PROFILE / "cells").mkdir(parents=True)
+    for path in (fixture_results / PROFILE / "cells").glob("lor--*.json"):
+        blob = json.loads(path.read_text())
+        if blob["cell"] == "L" and blob["seed"] < 2:
+            blob.update(git_commit="abc+dirty", git_commit_note="explained")
+        (noted / PROFILE / "cells" / path.name).write_text(json.dumps(blob))
+    markdown = to_markdown(build_report(load_results(noted, PROFILE)))
+    assert "Provenance notes: 2 of 12 runs carry a `git_commit_note`" in markdown and "2 at abc+dirty" in markdown
+    assert "Provenance notes" not in to_markdown(build_report(load_results(fixture_results, PROFILE)))

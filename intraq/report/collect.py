@@ -49,10 +49,11 @@ def figure_file(results: Path, profile: str, case: str, seed: int) -> Path:
     return figures_dir(results, profile) / f"{case}-seed{seed}.npz"
 
 
-def write_cell_record(
-    cell: Cell, cfg: RunConfig, record: dict[str, Any], results: Path, reused: bool
-) -> dict[str, Any]:
-    """Write (atomically) the cell file for `cell` at `cfg.seed`: the paper's value next to the measured one."""
+def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], results: Path) -> dict[str, Any]:
+    """Write (atomically) the cell file for `cell` at `cfg.seed`: the paper's value next to the measured one.
+
+    The file depends only on the cell and the run record (not on whether this invocation reused a stored
+    result), so re-running a finished bench leaves committed cell files unchanged."""
     out = {
         "table": cell.table,
         "cell": cell.key,
@@ -73,7 +74,6 @@ def write_cell_record(
         "machine": record.get("machine"),
         "config": record.get("config", to_dict(cfg)),
         "result_file": f"{record['case']}-seed{record['seed']}.json",
-        "reused_stored_result": reused,
         "rotation_degrees": cfg.synth.rotation_degrees if "R" in cfg.synth.lor.split("+") else None,
     }
     if record.get("git_commit_note"):

@@ -113,6 +113,14 @@ def header_blocks(res: BenchResults) -> list[Block]:
             "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
             + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
         )
+    noted = runs[runs["git_commit_note"].notna()]
+    if len(noted):
+        counts = noted.groupby("git_commit").size()
+        items.append(
+            f"Provenance notes: {len(noted)} of {len(runs)} runs carry a `git_commit_note` in their record, added "
+            "after the run, that corrects or explains the commit they name ("
+            + ", ".join(f"{n} at {commit}" for commit, n in counts.items()) + "); read it in the cell files."
+        )
     diverged = runs[runs["diverged_at_epoch"].notna()]
     if len(diverged):
         listed = ", ".join(
