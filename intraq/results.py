@@ -18,7 +18,8 @@ OUTPUT_FOLDERS = ("results", "reports")  # written by runs and `intraq report`; 
 
 def git_commit(repo: Path | None = None) -> str:
     """The current commit, with '+dirty' when the working tree has uncommitted changes to tracked files outside
-    OUTPUT_FOLDERS (a bench run rewrites committed cell files; that must not mark the next run's code as dirty).
+    OUTPUT_FOLDERS (runs and `intraq report` write there, e.g. a committed cell file after a table's text changed;
+    such output changes must not mark the next run's code as dirty).
 
     $INTRAQ_GIT_COMMIT, when set, wins: a sender that copies a clean tree of that commit to another machine sets
     it, because the copy may carry no `.git` or a stale one (seen on a lent GPU machine). Else 'unknown' outside
