@@ -252,7 +252,10 @@ def run_case(
             "diverged_at_epoch": result.diverged_at_epoch,
         }
         meta = {k: v for k, v in image_set.meta.items() if not isinstance(v, torch.Tensor)}
-        extra = {"synthesis": meta, "history": result.history, "quantization": describe_quantization(student)}
+        extra = {
+            "synthesis": meta, "history": result.history, "quantization": describe_quantization(student),
+            "finetune_sittings": result.sittings,
+        }
     accuracy["teacher"] = teacher.info["test_top1"]
     seconds["total"] = time.perf_counter() - t0
     record = {

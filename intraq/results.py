@@ -13,7 +13,7 @@ import torch
 
 from intraq.artifacts import load_json, save_json
 
-OUTPUT_FOLDERS = ("results", "reports")  # written by runs and `intraq report`; not code
+OUTPUT_FOLDERS = ("results", "reports", "resume")  # written by runs, `intraq report` and long runs' state; not code
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -49,12 +49,20 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "device": str(device),
     }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def sitting(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where and when one stretch of a long run ran: a run resumed on another machine (or after a code change)
+    lists one of these per stretch, so its record says which parts ran where."""
+    info = machine_info(device)
+    keep = ("hostname", "processor", "torch", "torch_threads", "device", "gpu")
+    return {**{k: info[k] for k in keep if k in info}, "git_commit": git_commit(), "started": now_utc()}
 
 
 def now_utc() -> str:

@@ -26,6 +26,7 @@ from intraq.artifacts import load_torch, save_torch
 from intraq.config import FinetuneConfig
 from intraq.finetune.kd import kd_loss_intraq
 from intraq.quantize import set_act_calibration
+from intraq.results import sitting
 
 
 class CalibrationSource(Protocol):
@@ -66,6 +67,7 @@ class FinetuneResult:
     diverged_at_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    sittings: list[dict] = field(default_factory=list)  # one per (re)start: machine, torch, commit, first epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +155,7 @@ def finetune(
     history: list[dict] = []
     seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
     start_epoch = 0
+    sittings: list[dict] = []
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_torch(checkpoint_path)
         student.load_state_dict(state["student"])
@@ -160,9 +163,12 @@ def finetune(
         generator.set_state(state["generator"])
         history, seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
         sampler.order, sampler.pos = state["sampler_order"], state["sampler_pos"]
+        sittings = list(state.get("sittings", []))
         if history and history[-1].get("diverged"):
             start_epoch = cfg.epochs  # stopped on divergence: nothing left to resume
 
+    if start_epoch < cfg.epochs:
+        sittings.append({**sitting(device), "first_epoch": start_epoch})
     total_iters = cfg.epochs * cfg.iters_per_epoch
     bar = tqdm(total=total_iters, initial=start_epoch * cfg.iters_per_epoch, desc="fine-tune", disable=not progress)
     for epoch in range(start_epoch, cfg.epochs):
@@ -214,6 +220,7 @@ def finetune(
                     "epoch": epoch,
                     "sampler_order": sampler.order,
                     "sampler_pos": sampler.pos,
+                    "sittings": sittings,
                 },
                 checkpoint_path,
             )
@@ -222,7 +229,9 @@ def finetune(
             bar.write(f"fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping")
             break
     bar.close()
-    return summarize(history, cfg.calib_epochs, seconds)
+    result = summarize(history, cfg.calib_epochs, seconds)
+    result.sittings = sittings
+    return result
 
 
 def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float]) -> FinetuneResult:

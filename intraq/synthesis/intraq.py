@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from intraq.config import LOCATION_FIELDS, RunConfig, SynthConfig, config_hash, to_dict
 from intraq.errors import UserInputError
+from intraq.results import sitting
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
 from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
 from intraq.synthesis.bn_stats import BNStatsLoss
@@ -210,6 +211,7 @@ def _optimize_batch(
         "lor_iterations": int(sum(coins)),
         "seconds": time.perf_counter() - start,
         "device": str(device),
+        "ran_on": sitting(device),  # which machine, torch and commit made this batch (runs may span sittings)
     }
     return x.detach().float().cpu(), labels, record
 
