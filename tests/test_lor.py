@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from intraq.synthesis.lor import (
     LOR_VARIANTS,
@@ -52,14 +51,26 @@ def test_identity_box_reproduces_the_input() -> None:
     assert torch.allclose(apply_lor(x, _identity(4, 16)), x, atol=1e-5)
 
 
-def test_crop_matches_crop_then_resize_in_the_interior() -> None:
-    x = torch.randn(1, 3, 32, 32)
-    params = _identity(1, 32)
-    params.boxes = torch.tensor([[5, 7, 20, 18]])  # top, left, h, w
+def test_crop_and_flip_equal_torchvision_crop_then_resize_everywhere() -> None:
+    """Every pixel, the crop border included: no sample reads outside the box (issue 16, item 7)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.randn(64, 3, 32, 32)
+    params = sample_lor_params(64, 32, 32, LORSettings.from_variant("L+F", 0.5, 0.0), _gen(11))
     out = apply_lor(x, params)
-    ref = F.interpolate(x[:, :, 5:25, 7:25], size=(32, 32), mode="bilinear", align_corners=False)
-    # Away from the crop border (where interpolate clamps to the crop and we read the neighbours) they agree.
-    assert torch.allclose(out[..., 2:-2, 2:-2], ref[..., 2:-2, 2:-2], atol=1e-5)
+    for i in range(64):
+        top, left, h, w = (int(v) for v in params.boxes[i])
+        ref = TF.resized_crop(x[i], top, left, h, w, [32, 32], antialias=True)
+        ref = TF.horizontal_flip(ref) if params.flips[i] else ref
+        assert torch.allclose(out[i], ref, atol=1e-5), (i, (top, left, h, w))
+
+
+def test_crop_never_reads_outside_its_box() -> None:
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 4:12, 4:12] = 1.0  # the box; everything around it is 0
+    params = _identity(1, 16)
+    params.boxes = torch.tensor([[4, 4, 8, 8]])
+    assert torch.allclose(apply_lor(x, params), torch.ones(1, 1, 16, 16), atol=1e-6)
 
 
 def test_flip_and_rotation_are_exact_on_pixel_grids() -> None:
@@ -125,7 +136,7 @@ def test_gradients_reach_the_image_for_every_variant() -> None:
 def test_schedule_is_batched_and_seeded() -> None:
     settings = LORSettings.from_variant("L+R+F", 0.5, 10.0)
     coins, theta = sample_lor_schedule(200, 8, 16, 16, settings, 0.5, _gen(7))
-    assert len(coins) == 200 and theta.shape == (200, 8, 2, 3) and theta.dtype == torch.float32
+    assert len(coins) == 200 and theta.shape == (200, 8, 2, 5) and theta.dtype == torch.float32
     assert 60 < sum(coins) < 140
     coins2, theta2 = sample_lor_schedule(200, 8, 16, 16, settings, 0.5, _gen(7))
     assert coins == coins2 and torch.equal(theta, theta2)

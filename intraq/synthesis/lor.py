@@ -7,10 +7,16 @@ and applied to the whole batch with one `affine_grid` + `grid_sample`, so gradie
 tensor and there is no Python loop over images.
 
 Resampling: bilinear, `align_corners=False`, so the box maps pixel centres exactly as `interpolate` on
-the cropped tensor does; the identity box reproduces the input. Samples within half a pixel of the image
-edge replicate the border (as `interpolate` clamps to the crop); with rotation, points that fall outside
-the image read 0, torchvision's default fill (0 is the mean pixel in the normalized space used here).
-Rotation turns the resized crop about its centre, i.e. RandomRotation after the crop; flip comes last.
+the cropped tensor does, and every sample point is clamped to the box's first and last pixel centres, as
+`interpolate` clamps to the crop: a crop never reads a pixel outside its box, and for crop (+ flip) the
+result equals torchvision's crop-then-resize (+ flip) up to float rounding. With rotation (not in any
+official code), points whose un-rotated position falls outside the resized crop read 0, torchvision's
+default fill (0 is the mean pixel in the normalized space used here); inside, one bilinear sample of the
+source replaces torchvision's two (resize, then rotate). Rotation turns the resized crop about its centre,
+i.e. RandomRotation after the crop; flip comes last.
+
+A LOR transform is (n, 2, 5) per image: per output axis, the 2x3 `affine_grid` row followed by the box's
+clamping bounds on that axis (normalized coordinates of its first and last pixel centre).
 """
 
 from __future__ import annotations
@@ -151,23 +157,42 @@ def lor_theta(params: LORParams, height: int, width: int) -> torch.Tensor:
     return theta.float()
 
 
-def apply_affine(x: torch.Tensor, theta: torch.Tensor, zero_outside: bool = False) -> torch.Tensor:
-    """Resample the batch x (B, C, H, W) with per-image matrices theta (B, 2, 3); differentiable in x.
+def lor_transforms(params: LORParams, height: int, width: int) -> torch.Tensor:
+    """(n, 2, 5) float32: `lor_theta` plus, per axis, the box's first and last pixel centre (normalized)."""
+    top, left, h, w = params.boxes.double().unbind(dim=1)
+    x_bounds = torch.stack([(2 * left + 1) / width - 1.0, (2 * (left + w) - 1) / width - 1.0], dim=1)
+    y_bounds = torch.stack([(2 * top + 1) / height - 1.0, (2 * (top + h) - 1) / height - 1.0], dim=1)
+    bounds = torch.stack([x_bounds, y_bounds], dim=1).float()
+    return torch.cat([lor_theta(params, height, width), bounds], dim=2)
 
-    `zero_outside` (needed only with rotation) sets points beyond the image extent to 0.
+
+def apply_affine(x: torch.Tensor, transform: torch.Tensor, zero_outside: bool = False) -> torch.Tensor:
+    """Resample the batch x (B, C, H, W) with per-image LOR transforms (B, 2, 5); differentiable in x.
+
+    Sample points are clamped into the crop box (see the module docstring). A plain (B, 2, 3) matrix samples
+    without a box (border replication at the image edge). `zero_outside` (needed only with rotation) sets points
+    whose un-rotated position lies outside the resized crop, i.e. outside the box's extent, to 0.
     """
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    theta = transform[..., :3].to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if transform.shape[-1] == 3:
+        inside = (grid.abs() <= 1.0).all(dim=-1) if zero_outside else None
+    else:
+        lo = transform[:, :, 3].to(x.dtype).view(-1, 1, 1, 2)  # (B, 1, 1, xy): first pixel centre of the box
+        hi = transform[:, :, 4].to(x.dtype).view(-1, 1, 1, 2)
+        half_pixel = x.new_tensor([1.0 / x.shape[-1], 1.0 / x.shape[-2]])
+        inside = ((grid >= lo - half_pixel) & (grid <= hi + half_pixel)).all(dim=-1) if zero_outside else None
+        grid = torch.maximum(torch.minimum(grid, hi), lo)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if zero_outside:
-        inside = (grid.abs() <= 1.0).all(dim=-1).unsqueeze(1)
-        out = out * inside.to(out.dtype)
+    if inside is not None:
+        out = out * inside.unsqueeze(1).to(out.dtype)
     return out
 
 
 def apply_lor(x: torch.Tensor, params: LORParams) -> torch.Tensor:
     """Convenience: one LOR draw applied to a batch (params for len(x) images)."""
-    theta = lor_theta(params, x.shape[-2], x.shape[-1]).to(x.device)
-    return apply_affine(x, theta, zero_outside=bool(params.angles.ne(0).any()))
+    transform = lor_transforms(params, x.shape[-2], x.shape[-1]).to(x.device)
+    return apply_affine(x, transform, zero_outside=bool(params.angles.ne(0).any()))
 
 
 def sample_lor_schedule(
@@ -179,13 +204,13 @@ def sample_lor_schedule(
     prob: float,
     generator: torch.Generator,
 ) -> tuple[list[bool], torch.Tensor]:
-    """All of a batch's LOR randomness up front: one coin per iteration, (iterations, batch, 2, 3) matrices.
+    """All of a batch's LOR randomness up front: one coin per iteration, (iterations, batch, 2, 5) transforms.
 
     Hoisted out of the optimization loop so the loop does no sampling and no host-device traffic for it.
     """
     if not settings.ops:
-        return [False] * iterations, torch.empty(iterations, batch, 2, 3)
+        return [False] * iterations, torch.empty(iterations, batch, 2, 5)
     coins = (torch.rand(iterations, generator=generator) < prob).tolist()
     params = sample_lor_params(iterations * batch, height, width, settings, generator)
-    theta = lor_theta(params, height, width).view(iterations, batch, 2, 3)
-    return coins, theta
+    transforms = lor_transforms(params, height, width).view(iterations, batch, 2, 5)
+    return coins, transforms
