@@ -124,7 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args, args.method)
     device = _setup(args)
-    from intraq.pipeline import RunPaths, case_hash, run_case
+    from intraq.pipeline import RunPaths, case_hash, run_case_record
 
     if args.print_config:
         import json
@@ -132,8 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     paths = RunPaths.default(args.artifacts, args.results)
-    record = run_case(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
-    acc = record["accuracy"]
+    record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
+    acc = record.accuracy
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     print(f"case {case_hash(cfg)} seed {cfg.seed} ({cfg.profile}, {cfg.synth.method}, {bits})")
     print(f"  {'teacher (full precision)':<32s}{acc['teacher']:6.2f}%")
@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     best_at = acc.get("best_epoch_index")
     label = "best epoch" if best_at is None else f"best epoch (#{best_at})"
     print(f"  {bits} {label:<27s}{acc['best_epoch']:6.2f}%")
-    print(f"  wall time {record['seconds']['total']:.1f}s; result: "
+    print(f"  wall time {record.seconds['total']:.1f}s; result: "
           f"{Path(args.results) / cfg.profile / (case_hash(cfg) + f'-seed{cfg.seed}.json')}")
     return 0
 
