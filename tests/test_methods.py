@@ -68,3 +68,15 @@ def test_a_new_method_runs_through_the_pipeline_with_one_registration(tmp_path, 
     stored = record.to_dict()
     assert stored["constant"] == {"why": "a test"} and stored["history"] == [{"epoch": 2, "acc": 30.0}]
     assert run_case_record(cfg, paths, progress=False).finished == record.finished  # reused, not rerun
+
+
+def test_the_cli_lists_methods_from_the_registry(capsys):
+    from intraq.cli import main, make_parser
+
+    assert main(["methods"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == METHODS.names()
+    run_help = make_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert all(name in run_help for name in METHODS.names())
+    generate_help = make_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    assert "deepinversion" in generate_help and "squant" not in generate_help
