@@ -24,7 +24,7 @@ from intraq.device import pick_device
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.trainer import calibrate, kd_backward, make_optimizer
-from intraq.pipeline import RunPaths, _register_methods, get_image_set, make_calibration_source, teacher_identity
+from intraq.pipeline import RunPaths, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
 from intraq.quantize import quantize_model
 from intraq.results import git_commit, machine_info, now_utc
@@ -36,7 +36,6 @@ def probe(args: argparse.Namespace) -> dict:
     cfg = apply_overrides(get_profile(args.profile), [*INTRAQ_BASE, f"seed={args.seed}", *args.overrides])
     device = pick_device(args.device)
     torch.manual_seed(cfg.seed)
-    _register_methods()
     paths = RunPaths.default(args.artifacts)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=False)

@@ -1,16 +1,22 @@
-"""`intraq` command line: train a teacher, generate an image set, run one case (quantize, fine-tune, evaluate)."""
+"""`intraq` command line: train a teacher, generate an image set, run one case (quantize, fine-tune, evaluate).
+
+torch is imported only once the config is built and checked, so bad input fails in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.errors import UserInputError
+from intraq.methods import METHODS
 from intraq.profiles import PROFILES, get_profile
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +48,8 @@ def build_config(args: argparse.Namespace, method: str | None = None) -> RunConf
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
+    import torch
+
     from intraq.device import pick_device
 
     if args.threads:
@@ -54,6 +62,16 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         doc = (PROFILES.get(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}")
     return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for name in METHODS.names():
+        print(f"{name:14s} {METHODS.get(name).summary}")
+    return 0
+
+
+def _image_set_methods() -> list[str]:
+    return [name for name in METHODS.names() if METHODS.get(name).makes_images]
 
 
 def cmd_teacher_train(args: argparse.Namespace) -> int:
@@ -74,13 +92,19 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = build_config(args, args.method)
+    if not METHODS.get(cfg.synth.method).makes_images:  # qimera, squant: say so before any work
+        raise UserInputError(
+            f"method {cfg.synth.method!r} makes no image set; methods that do: {', '.join(_image_set_methods())}"
+        )
+    device = _setup(args)
+    import torch
+
     from intraq.data import build_data
-    from intraq.pipeline import RunPaths, _register_methods, get_image_set
+    from intraq.image_sets import get_image_set
+    from intraq.pipeline import RunPaths
     from intraq.teacher.load import get_teacher
 
-    cfg = build_config(args, args.method)
-    device = _setup(args)
-    _register_methods()
     paths = RunPaths.default(args.artifacts)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=not args.quiet)
@@ -98,18 +122,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from intraq.pipeline import RunPaths, case_hash, run_case
-
     cfg = build_config(args, args.method)
     device = _setup(args)
+    from intraq.pipeline import RunPaths, case_hash, run_case_record
+
     if args.print_config:
         import json
 
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     paths = RunPaths.default(args.artifacts, args.results)
-    record = run_case(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
-    acc = record["accuracy"]
+    record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
+    acc = record.accuracy
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     print(f"case {case_hash(cfg)} seed {cfg.seed} ({cfg.profile}, {cfg.synth.method}, {bits})")
     print(f"  {'teacher (full precision)':<32s}{acc['teacher']:6.2f}%")
@@ -118,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     best_at = acc.get("best_epoch_index")
     label = "best epoch" if best_at is None else f"best epoch (#{best_at})"
     print(f"  {bits} {label:<27s}{acc['best_epoch']:6.2f}%")
-    print(f"  wall time {record['seconds']['total']:.1f}s; result: "
+    print(f"  wall time {record.seconds['total']:.1f}s; result: "
           f"{Path(args.results) / cfg.profile / (case_hash(cfg) + f'-seed{cfg.seed}.json')}")
     return 0
 
@@ -138,6 +162,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="list the profiles")
     p.set_defaults(func=cmd_profiles)
 
+    p = sub.add_parser("methods", help="list the methods (--method)")
+    p.set_defaults(func=cmd_methods)
+
     teacher = sub.add_parser("teacher", help="teacher commands").add_subparsers(dest="teacher_command", required=True)
     p = teacher.add_parser("train", help="train the profile's teacher with the project's recipe")
     _common(p)
@@ -147,12 +174,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate (or reuse) an image set")
     _common(p)
-    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | deepinversion | real")
+    p.add_argument("--method", default="intraq", help=f"one of: {', '.join(_image_set_methods())} (default intraq)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="quantize, fine-tune and evaluate one case")
     _common(p)
-    p.add_argument("--method", default="intraq", help="intraq | adi | gdfq | deepinversion | real | qimera | squant")
+    p.add_argument("--method", default="intraq",
+                   help=f"one of: {', '.join(METHODS.names())} (default intraq; `intraq methods` describes them)")
     p.add_argument("--results", default="results", help="results folder (default ./results)")
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")

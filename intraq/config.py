@@ -12,8 +12,9 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from intraq.config_checks import check_config
 from intraq.errors import UserInputError
 
 
@@ -31,7 +32,8 @@ class TeacherConfig:
     """The full-precision teacher and, for locally trained ones, the recipe that makes it."""
 
     name: str = "digits_cnn"
-    source: str = "local"  # local (own recipe / checkpoint file) | torchvision | pytorchcv
+    # local: own recipe / checkpoint file | torchvision | pytorchcv
+    source: Literal["local", "torchvision", "pytorchcv"] = "local"
     checkpoint: str | None = None  # a local file; for `local` the default is the hash-named artifact
     auto_train: bool = False  # train the local teacher when its checkpoint is missing (smoke: seconds)
     train_seed: int = 0  # one teacher for every case and seed of a profile
@@ -49,7 +51,8 @@ class QuantConfig:
 
     weight_bits: int = 4
     act_bits: int = 4
-    act_ema: str = "correct"  # correct: EMA with proper bias correction | official: the lineage's broken one (T11)
+    # correct: EMA with proper bias correction | official: the lineage's broken one (T11)
+    act_ema: Literal["correct", "official"] = "correct"
     ema_beta: float = 0.9
 
 
@@ -57,26 +60,28 @@ class QuantConfig:
 class SynthConfig:
     """How the calibration/fine-tuning images are made (IntraQ stage 1, its ablations, ADI, real data, ...)."""
 
-    method: str = "intraq"  # intraq | adi | gdfq | qimera | deepinversion | real | none
-    variant: str = "paper"  # paper: MDC+SIL on | official-script: the run script's settings (T1)
+    method: str = "intraq"  # a registered method (`intraq.methods.METHODS`; `intraq run --help` lists them)
+    # paper: MDC+SIL on | official-script: the run script's settings (T1)
+    variant: Literal["paper", "official-script"] = "paper"
     num_images: int = 5120
     batch_size: int = 256
     iterations: int = 1000
     lr: float = 0.5
     plateau_patience: int = 50
     min_lr: float = 1e-4
-    target_loss: str = "sil"  # sil: (p_y - t)^2 as coded (T2) | ce: plain cross-entropy
+    target_loss: Literal["sil", "ce"] = "sil"  # sil: (p_y - t)^2 as coded (T2) | ce: plain cross-entropy
     target_pro: float = 0.95
     mdc: bool = True
     margin_low: float = 0.05
     margin_up: float = 0.8
-    lor: str = "L+F"  # none | L | L+F | L+R | L+R+F ; the official code's LOR is L+F (T3)
+    lor: Literal["none", "L", "L+F", "L+R", "L+R+F"] = "L+F"  # the official code's LOR is L+F (T3)
     lor_prob: float = 0.5
     aug_margin: float = 0.5
     rotation_degrees: float = 15.0  # not in any official code: a recorded choice
     adi_scale: float = 0.2
     adi_temperature: float = 3.0
-    adi_student: str = "quantized"  # quantized: W/A-bit student before fine-tuning | teacher-copy: fixed FP copy
+    # quantized: W/A-bit student before fine-tuning | teacher-copy: fixed FP copy
+    adi_student: Literal["quantized", "teacher-copy"] = "quantized"
 
 
 @dataclass
@@ -95,7 +100,8 @@ class FinetuneConfig:
     temperature: float = 20.0
     alpha: float = 20.0
     calib_epochs: int = 4
-    calib_source: str = "gdfq"  # gdfq: a GDFQ generator trained on the fly (official, T10) | train: the images
+    # gdfq: a GDFQ generator trained on the fly (official, T10) | train: the images
+    calib_source: Literal["gdfq", "train"] = "gdfq"
     calib_batch_size: int = 16
     gdfq_lr: float = 1e-3
     gdfq_latent_dim: int = 100
@@ -122,7 +128,8 @@ class QimeraConfig:
     disentangle: bool = False  # the official scripts run without DM (inverted flag, T21)
     temperature: float = 20.0
     alpha: float = 1.0
-    embedding: str = "random"  # random: N(0,1) (--randemb: C10, ImageNet) | teacher-fc: FC weights (C100)
+    # random: N(0,1) (--randemb: C10, ImageNet) | teacher-fc: FC weights (C100)
+    embedding: Literal["random", "teacher-fc"] = "random"
     calib_epochs: int = 4  # activation ranges update in epochs 0..3 (hard-coded `epoch < 4` officially)
     lr_decay: float = 0.1  # x0.1 at lr_steps, for both the student and the generator
     momentum: float = 0.9
@@ -133,7 +140,7 @@ class QimeraConfig:
 class SquantConfig:
     """SQuant (methods §5): data-free PTQ with E/K/C rounding, activation ranges from uniform noise."""
 
-    mode: str = "squant"  # squant-e | squant-k | squant-c | squant (E+K+C)
+    mode: Literal["squant-e", "squant-k", "squant-c", "squant"] = "squant"  # squant = E+K+C
     act_sigma: float = 12.0  # -s in the official scripts (12 for 4-bit)
     last_layer_input_bits: int = 8
     noise_batch: int = 256
@@ -178,7 +185,15 @@ def config_hash(obj: Any, exclude: set[str] = LOCATION_FIELDS, length: int = 12)
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) dataclass from `to_dict` output; unknown keys are an error."""
+    """Rebuild a (nested) dataclass from `to_dict` output; unknown keys are an error, and a `RunConfig` is
+    checked whole (`intraq.config_checks`): a bad value is a one-line `UserInputError`."""
+    built = _build(cls, data)
+    if cls is RunConfig:
+        check_config(built)
+    return built
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -188,7 +203,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value)
+            kwargs[key] = _build(hint, value)
         elif typing.get_origin(hint) is tuple and value is not None:
             kwargs[key] = tuple(value)
         else:
@@ -199,6 +214,10 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 def _parse_value(text: str, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Literal:
+        if text in args:
+            return text
+        raise UserInputError(f"override {key}={text!r}: expected one of {', '.join(args)}")
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null", ""):
             return None
@@ -222,8 +241,9 @@ def _parse_value(text: str, hint: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Return a copy of `cfg` with `section.field=value` overrides applied (e.g. `synth.num_images=256`)."""
-    cfg = from_dict(RunConfig, to_dict(cfg))
+    """Return a copy of `cfg` with `section.field=value` overrides applied (e.g. `synth.num_images=256`), checked
+    whole once all are applied: a bad value is a one-line `UserInputError` before any work."""
+    cfg = _build(RunConfig, to_dict(cfg))
     for item in overrides:
         if "=" not in item:
             raise UserInputError(f"override {item!r} must look like section.field=value, e.g. synth.num_images=256")
@@ -242,4 +262,5 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if dataclasses.is_dataclass(hint):
             raise UserInputError(f"override {key!r} names a section; set one of its fields instead")
         setattr(target, name, _parse_value(text.strip(), hint, key))
+    check_config(cfg)
     return cfg

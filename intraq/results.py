@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from intraq.artifacts import load_json, save_json
+from intraq.errors import UserInputError
 
 OUTPUT_FOLDERS = ("results", "reports", "resume")  # written by runs, `intraq report` and long runs' state; not code
 
@@ -73,9 +75,112 @@ def result_path(results_dir: Path, profile: str, case_hash: str, seed: int) -> P
     return results_dir / profile / f"{case_hash}-seed{seed}.json"
 
 
-def write_result(record: dict[str, Any], path: Path) -> Path:
-    return save_json(record, path)
+ACCURACY_KEYS = ("after_calibration", "final_epoch", "best_epoch", "teacher")  # test top-1 in %, or None
+ACCURACY_NOTES = {
+    "after_calibration": "quantized network after activation-range calibration only (PTQ starting point)",
+    "final_epoch": "after the last fine-tuning epoch",
+    "best_epoch": "best test top-1 over evaluated epochs incl. calibration epochs (test-set selection, T12)",
+}
 
 
-def read_result(path: Path) -> dict[str, Any]:
-    return load_json(path)
+def accuracy_problems(accuracy: Any) -> list[str]:
+    """Why an `accuracy` block is not one a run can have written: missing keys, values outside 0..100."""
+    if not isinstance(accuracy, dict):
+        return [f"accuracy is {type(accuracy).__name__}, not an object"]
+    problems = [f"accuracy.{key} missing" for key in ACCURACY_KEYS if key not in accuracy]
+    for key, value in accuracy.items():
+        if key in ("best_epoch_index", "diverged_at_epoch"):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                problems.append(f"accuracy.{key}={value!r} is not an epoch index")
+        elif value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0
+        ):
+            problems.append(f"accuracy.{key}={value!r} is not a top-1 in 0..100")
+    return problems
+
+
+@dataclass
+class RunRecord:
+    """One run of one case (a config hash and seed): its numbers and everything needed to trace them.
+
+    Written by `intraq.pipeline.run_case` as `<results>/<profile>/<case>-seed<N>.json`; `from_dict` checks a
+    stored one (required fields, every accuracy in 0..100 or None) and names the file when it is not. Fields
+    a method adds (`synthesis`, `quantization`, `squant`, `note`, ...) are kept in `extras` under their names.
+    """
+
+    case: str
+    seed: int
+    profile: str
+    method: str
+    accuracy: dict[str, Any]  # ACCURACY_KEYS (in %), best_epoch_index, diverged_at_epoch
+    teacher: dict[str, Any]  # what the teacher is: name, source, sha256 or weights, test_top1
+    config: dict[str, Any]
+    seconds: dict[str, float]
+    git_commit: str
+    machine: dict[str, Any]
+    accuracy_notes: dict[str, str] = field(default_factory=lambda: dict(ACCURACY_NOTES))
+    relevant_config: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    intraq_bench_version: str | None = None
+    command: str | None = None
+    git_commit_note: str | None = None  # a later explanation of the commit (e.g. why it reads +dirty)
+    history: list[dict[str, Any]] | None = None  # per evaluated epoch
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    REQUIRED = ("case", "seed", "profile", "method", "accuracy", "teacher", "config", "seconds", "git_commit",
+                "machine")
+
+    def __post_init__(self) -> None:
+        problems = accuracy_problems(self.accuracy)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = "record") -> RunRecord:
+        """A checked record from its JSON object; a bad one is a `UserInputError` naming `source`."""
+        if not isinstance(data, dict):
+            raise UserInputError(f"{source}: not a run record (a JSON object is expected)")
+        missing = [key for key in cls.REQUIRED if key not in data]
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += accuracy_problems(data.get("accuracy", {}))
+        if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed"), bool):
+            problems.append(f"seed={data.get('seed')!r} is not an integer")
+        if problems:
+            raise UserInputError(f"{source}: not a valid run record: {'; '.join(problems)}")
+        known = {f.name for f in fields(cls)} - {"extras"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extras={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, with the field names of every record written so far (extras at the top level)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        for optional in ("git_commit_note", "history"):
+            if out[optional] is None:
+                del out[optional]
+        return {**out, **self.extras}
+
+
+def write_result(record: RunRecord | dict[str, Any], path: Path) -> Path:
+    return save_json(record.to_dict() if isinstance(record, RunRecord) else record, path)
+
+
+def read_result(path: Path) -> RunRecord:
+    """The checked run record at `path`; invalid JSON or a bad record is a `UserInputError` naming the file."""
+    return RunRecord.from_dict(load_json(path), source=path)
+
+
+CELL_REQUIRED = ("table", "cell", "seed", "case", "accuracy")
+
+
+def read_cell_record(path: Path) -> dict[str, Any]:
+    """A table cell file (`intraq.report.collect.write_cell_record`), checked like a run record's numbers."""
+    blob = load_json(path)
+    if not isinstance(blob, dict):
+        raise UserInputError(f"{path}: not a cell record (a JSON object is expected)")
+    missing = [key for key in CELL_REQUIRED if key not in blob]
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    problems += accuracy_problems(blob.get("accuracy", {}))
+    if problems:
+        raise UserInputError(f"{path}: not a valid cell record: {'; '.join(problems)}")
+    return blob

@@ -164,20 +164,20 @@ def test_changed_settings_or_teacher_do_not_reuse_batches(tmp_path: Path) -> Non
 def test_effective_settings_per_variant() -> None:
     cfg = _cfg()
     paper = effective_synth_settings(cfg, "imagenet")
-    assert (paper["target_pro"], paper["margin_low"], paper["margin_up"]) == (0.95, 0.3, 0.8)
+    assert (paper.target_pro, paper.margin_low, paper.margin_up) == (0.95, 0.3, 0.8)
     cfg.synth.variant = "official-script"
     imagenet = effective_synth_settings(cfg, "imagenet")
-    assert (imagenet["target_pro"], imagenet["margin_low"], imagenet["margin_up"]) == (1.0, 0.0, 2.0)
-    assert imagenet["mdc_inert"] and imagenet["sil_inert"]
-    assert effective_synth_settings(cfg, "cifar100")["target_pro"] == 0.6
+    assert (imagenet.target_pro, imagenet.margin_low, imagenet.margin_up) == (1.0, 0.0, 2.0)
+    assert imagenet.mdc_inert and imagenet.sil_inert
+    assert effective_synth_settings(cfg, "cifar100").target_pro == 0.6
     digits = effective_synth_settings(cfg, "digits")
-    assert (digits["target_pro"], digits["margin_low"], digits["margin_up"]) == (0.95, 0.05, 0.8)
+    assert (digits.target_pro, digits.margin_low, digits.margin_up) == (0.95, 0.05, 0.8)
     with pytest.raises(UserInputError):
         effective_synth_settings(cfg, "svhn")
     cfg.synth.variant = "paper"
     cfg.synth.mdc = False
-    assert not effective_synth_settings(cfg, "digits")["mdc"]
-    assert not effective_synth_settings(_cfg(), "digits", method="adi")["mdc"]
+    assert not effective_synth_settings(cfg, "digits").mdc
+    assert not effective_synth_settings(_cfg(), "digits", method="adi").mdc
     cfg.synth.lor = "L+X"
     with pytest.raises(UserInputError):
         effective_synth_settings(cfg, "digits")

@@ -59,7 +59,7 @@ def test_cli_run_prints_the_accuracies(tmp_path, capsys, tiny_overrides):
         (["run", "--profile", "cifar10-cpu"], "data.root"),
         (["run", "--profile", "cifar10-cpu", "--data-root", "/no/such/dir"], "/no/such/dir"),
         (["run", "--set", "synth.bogus=1"], "unknown field 'bogus'"),
-        (["run", "--method", "nope", "--set", "teacher.train_epochs=1"], "unknown synthesizer 'nope'"),
+        (["run", "--method", "nope", "--set", "teacher.train_epochs=1"], "synth.method='nope': unknown method"),
     ],
 )
 def test_cli_bad_input_fails_with_a_fix(tmp_path, capsys, args, message):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from intraq.artifacts import save_json
 from intraq.config import RunConfig, to_dict
+from intraq.methods import get_method
 from intraq.tables import Cell
 
 GRID_IMAGES = 64
@@ -62,7 +63,7 @@ def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], result
         "paper": {"value": cell.paper.value, "table": cell.paper.table, "row": cell.paper.row,
                   "setting": cell.paper.setting, "source": cell.paper.source},
         "paper_images": cell.paper_images,
-        "num_images": cfg.synth.num_images if record["method"] not in ("squant", "qimera") else None,
+        "num_images": cfg.synth.num_images if get_method(record["method"]).makes_images else None,
         "overrides": list(cell.overrides),
         "case": record["case"],
         "seed": record["seed"],
@@ -114,7 +115,7 @@ def save_figure_data(
 ) -> Path:
     """Extract what the figures need for one image-set cell (reuses the stored image set; skips if present)."""
     from intraq.data import build_data
-    from intraq.pipeline import RunPaths, _register_methods, case_hash, get_image_set
+    from intraq.pipeline import RunPaths, case_hash, get_image_set
     from intraq.teacher.features import extract_features
     from intraq.teacher.load import get_teacher
 
@@ -123,7 +124,6 @@ def save_figure_data(
     if out.exists() and not force:
         return out
     tic = time.perf_counter()
-    _register_methods()
     paths = RunPaths.default(artifacts, results)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=False)

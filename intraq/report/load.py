@@ -13,6 +13,7 @@ import pandas as pd
 
 from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir, figures_dir
+from intraq.results import read_cell_record
 from intraq.tables import METRICS, all_tables
 
 
@@ -103,7 +104,7 @@ def load_results(results: str | Path, profile: str) -> BenchResults:
         raise UserInputError(
             f"no bench results under {folder}; run `pytest bench --profile {profile}` (or `tox -e paper`) first"
         )
-    rows = pd.DataFrame([_row(json.loads(p.read_text()), p) for p in files])
+    rows = pd.DataFrame([_row(read_cell_record(p), p) for p in files])
     known = {(t.key, c.key) for t in all_tables() for c in t.cells}
     rows = rows[[(t, c) in known for t, c in zip(rows["table"], rows["cell"], strict=True)]].reset_index(drop=True)
     figures: dict[str, FigureData] = {}

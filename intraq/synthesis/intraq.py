@@ -23,85 +23,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from intraq.config import LOCATION_FIELDS, RunConfig, SynthConfig, config_hash, to_dict
+from intraq.config import LOCATION_FIELDS, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.results import sitting
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
 from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
 from intraq.synthesis.bn_stats import BNStatsLoss
 from intraq.synthesis.centers import ClassCenters
-from intraq.synthesis.lor import LOR_VARIANTS, LORSettings, apply_affine, sample_lor_schedule
+from intraq.synthesis.lor import LORSettings, apply_affine, sample_lor_schedule
 from intraq.synthesis.losses import adi_competition_loss, draw_sil_targets, mdc_loss, target_loss
 from intraq.synthesis.plateau import DevicePlateau
+from intraq.synthesis.settings import (  # noqa: F401  (importable from here as before)
+    METHODS,
+    OFFICIAL_SCRIPT_SETTINGS,
+    SynthSettings,
+    effective_synth_settings,
+)
 from intraq.teacher.features import tap_features
 
-METHODS = ("intraq", "adi")
 
-# (target_pro, margin_low, margin_up) of the official run scripts (methods §2.1.7, trap T1).
-OFFICIAL_SCRIPT_SETTINGS: dict[str, tuple[float, float, float]] = {
-    "imagenet": (1.0, 0.0, 2.0),  # run_generate.sh: SIL and MDC inert ("OnlyLOR")
-    "cifar10": (0.95, 0.05, 0.8),
-    "cifar100": (0.6, 0.02, 1.0),
-    "digits": (0.95, 0.05, 0.8),  # our embedded toy set: the CIFAR-10 values
-}
-
-
-def effective_synth_settings(
-    cfg: RunConfig | SynthConfig, dataset_name: str, method: str | None = None
-) -> dict[str, Any]:
-    """The stage-1 values a run actually uses after the `variant` choice (trap T1); kept in the set's meta."""
-    s = cfg.synth if isinstance(cfg, RunConfig) else cfg
-    method = method or s.method
-    if method not in METHODS:
-        raise UserInputError(f"synth.method={method!r} is not generated here; expected one of {METHODS}")
-    if s.variant == "paper":
-        target_pro, margin_low, margin_up = s.target_pro, s.margin_low, s.margin_up
-    elif s.variant == "official-script":
-        if dataset_name not in OFFICIAL_SCRIPT_SETTINGS:
-            known = ", ".join(OFFICIAL_SCRIPT_SETTINGS)
-            raise UserInputError(
-                f"synth.variant=official-script has no run-script settings for data set {dataset_name!r} "
-                f"(known: {known}); use synth.variant=paper"
-            )
-        target_pro, margin_low, margin_up = OFFICIAL_SCRIPT_SETTINGS[dataset_name]
-    else:
-        raise UserInputError(f"unknown synth.variant {s.variant!r}; expected 'paper' or 'official-script'")
-    if s.target_loss not in ("sil", "ce"):
-        raise UserInputError(f"unknown synth.target_loss {s.target_loss!r}; expected 'sil' or 'ce'")
-    if s.lor not in LOR_VARIANTS:
-        raise UserInputError(f"unknown synth.lor {s.lor!r}; known: {', '.join(LOR_VARIANTS)}")
-    mdc = bool(s.mdc) and method == "intraq"
-    ops = list(LOR_VARIANTS[s.lor])
-    settings: dict[str, Any] = {
-        "method": method,
-        "variant": s.variant,
-        "dataset": dataset_name,
-        "target_loss": s.target_loss,
-        "target_pro": float(target_pro),
-        "sil_inert": s.target_loss == "sil" and target_pro >= 1.0,  # t == 1 for all images: (1 - p_y)^2
-        "mdc": mdc,
-        "margin_low": float(margin_low),
-        "margin_up": float(margin_up),
-        "mdc_inert": (not mdc) or (margin_low <= 0.0 and margin_up >= 2.0),  # d in [0, 2]: hinges always 0
-        "lor": s.lor,
-        "lor_ops": ops,
-        "lor_prob": float(s.lor_prob),
-        "aug_margin": float(s.aug_margin),
-        "rotation_degrees": float(s.rotation_degrees) if "rotate" in ops else 0.0,
-        "iterations": int(s.iterations),
-        "batch_size": int(s.batch_size),
-        "lr": float(s.lr),
-        "plateau_patience": int(s.plateau_patience),
-        "min_lr": float(s.min_lr),
-    }
-    if method == "adi":
-        settings.update(
-            adi_scale=float(s.adi_scale), adi_temperature=float(s.adi_temperature), adi_student=s.adi_student
-        )
-    return settings
-
-
-def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
+def cache_key(ctx: SynthContext, method: str, settings: SynthSettings) -> str:
     """Hash of everything that decides the images except num_images (and except file locations)."""
     cfg = ctx.cfg
     key: dict[str, Any] = {
@@ -110,7 +51,7 @@ def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
         "data": to_dict(cfg.data),
         "teacher": to_dict(cfg.teacher),
         "synth": to_dict(cfg.synth),
-        "effective": settings,
+        "effective": settings.to_dict(),
         "image_size": ctx.data.image_size,
         "num_classes": ctx.data.num_classes,
         "teacher_state": state_fingerprint(ctx.teacher),
@@ -124,7 +65,7 @@ def cache_key(ctx: SynthContext, method: str, settings: dict[str, Any]) -> str:
 
 def _optimize_batch(
     ctx: SynthContext,
-    settings: dict[str, Any],
+    settings: SynthSettings,
     index: int,
     size: int,
     centers: ClassCenters | None,
@@ -139,10 +80,10 @@ def _optimize_batch(
     # All randomness of the batch, drawn on the CPU generator up front (device-independent, hoisted).
     x0 = torch.randn(size, data.channels, side, side, generator=generator)
     labels = torch.randint(0, data.num_classes, (size,), generator=generator)
-    targets = draw_sil_targets(size, settings["target_pro"], generator)
-    lor = LORSettings.from_variant(settings["lor"], settings["aug_margin"], settings["rotation_degrees"])
+    targets = draw_sil_targets(size, settings.target_pro, generator)
+    lor = LORSettings.from_variant(settings.lor, settings.aug_margin, settings.rotation_degrees)
     coins, thetas = sample_lor_schedule(
-        settings["iterations"], size, side, side, lor, settings["lor_prob"], generator
+        settings.iterations, size, side, side, lor, settings.lor_prob, generator
     )
     zero_outside = "rotate" in lor.ops
 
@@ -150,19 +91,19 @@ def _optimize_batch(
     x = x0.to(device).contiguous(memory_format=memory_format).requires_grad_(True)
     labels_d, targets_d, thetas_d = labels.to(device), targets.to(device), thetas.to(device)
     centers_d, mask_d = (None, None)
-    if settings["mdc"] and centers is not None:
+    if settings.mdc and centers is not None:
         c, m = centers.lookup(labels)
         if c is not None and bool(m.any()):
             centers_d, mask_d = c.to(device), m.to(device)
     use_mdc = centers_d is not None
-    student = ctx.student if settings["method"] == "adi" else None
+    student = ctx.student if settings.method == "adi" else None
 
     # A tensor lr needs Adam's capturable path on CUDA; the device-side plateau avoids a host sync per step.
     optimizer = torch.optim.Adam(
-        [x], lr=torch.tensor(float(settings["lr"]), device=device), capturable=device.type == "cuda"
+        [x], lr=torch.tensor(float(settings.lr), device=device), capturable=device.type == "cuda"
     )
     scheduler = DevicePlateau(
-        optimizer, factor=0.1, patience=settings["plateau_patience"], min_lr=settings["min_lr"]
+        optimizer, factor=0.1, patience=settings.plateau_patience, min_lr=settings.min_lr
     )
     zero = torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.bf16_autocast)
@@ -173,21 +114,21 @@ def _optimize_batch(
             """All loss terms of one iteration; one unit, so torch.compile can fuse it whole."""
             with autocast:
                 logits = teacher(inputs).float()
-            terms = {"bns": bns.loss(), "target": target_loss(settings["target_loss"], logits, labels_d, targets_d)}
+            terms = {"bns": bns.loss(), "target": target_loss(settings.target_loss, logits, labels_d, targets_d)}
             if use_mdc:
                 terms["mdc_lower"], terms["mdc_upper"] = mdc_loss(
-                    tap.features.float(), centers_d, mask_d, settings["margin_low"], settings["margin_up"]
+                    tap.features.float(), centers_d, mask_d, settings.margin_low, settings.margin_up
                 )
-            elif settings["mdc"]:
+            elif settings.mdc:
                 terms["mdc_lower"] = terms["mdc_upper"] = zero
             if student is not None:
                 terms["adi"] = adi_competition_loss(
-                    student(inputs), logits, settings["adi_temperature"], settings["adi_scale"]
+                    student(inputs), logits, settings.adi_temperature, settings.adi_scale
                 )
             return terms
 
         compute = torch.compile(loss_terms) if ctx.compile else loss_terms
-        for it in range(settings["iterations"]):
+        for it in range(settings.iterations):
             optimizer.zero_grad(set_to_none=True)
             inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
             terms = compute(inputs.contiguous(memory_format=memory_format))
@@ -239,7 +180,7 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
     n_batches = math.ceil(n / bsz)
     sizes = [min(bsz, n - k * bsz) for k in range(n_batches)]
     todo = sum(1 for k, size in enumerate(sizes) if not batch_path(folder, k, size).exists())
-    centers = ClassCenters(ctx.data.num_classes) if settings["mdc"] else None
+    centers = ClassCenters(ctx.data.num_classes) if settings.mdc else None
     images, labels, records = [], [], []
     reused = 0
     progress = tqdm(
@@ -273,9 +214,9 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
         "seed": cfg.seed,
         "num_images": n,
         "num_batches": n_batches,
-        "effective": settings,
-        "lor_ops": settings["lor_ops"],
-        "rotation_degrees": settings["rotation_degrees"],
+        "effective": settings.to_dict(),
+        "lor_ops": list(settings.lor_ops),
+        "rotation_degrees": settings.rotation_degrees,
         "batch_losses": [dict(r["final_losses"], total=r["final_total"]) for r in records],
         "batches": records,
         "reused_batches": reused,
