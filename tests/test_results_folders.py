@@ -93,3 +93,38 @@ def test_a_data_root_with_embedded_data_is_an_error(tmp_path, capsys, option):
     err = capsys.readouterr().err
     assert "embedded digits data" in err and "/data/cifar10" in err and "--profile cifar10-cpu" in err
     assert not any(tmp_path.iterdir())  # failed before any work
+
+
+def test_the_paper_steps_leave_published_results_and_reports_untouched(tmp_path, tiny_overrides, monkeypatch):
+    """`tox -e paper`'s two commands, at a tiny size, in a checkout whose results/ and reports/ hold records."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    published = {
+        tmp_path / "results" / "smoke" / "cells" / "main_cifar10--w4a4-seed0.json": '{"published": true}\n',
+        tmp_path / "reports" / "smoke" / "report.md": "published report\n",
+    }
+    for path, text in published.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "INTRAQ_RESULTS"}
+    env.update(PYTHONPATH=str(repo), INTRAQ_ARTIFACTS=str(tmp_path / "artifacts"), OMP_NUM_THREADS="1")
+    sets = [arg for item in tiny_overrides for arg in ("--set", item)]
+    bench = subprocess.run(
+        [sys.executable, "-m", "pytest", str(repo / "bench" / "test_tables.py"), "-q", "--profile", "smoke",
+         "--seeds", "1", "-k", "main_cifar10 and w4a4", "-p", "no:cacheprovider", *sets],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    monkeypatch.delenv("INTRAQ_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--profile", "smoke"]) == 0
+
+    for path, text in published.items():
+        assert path.read_text() == text
+    assert sorted(p.name for p in (tmp_path / "results" / "smoke").rglob("*") if p.is_file()) == [
+        "main_cifar10--w4a4-seed0.json"]
+    assert list((tmp_path / "results" / "local" / "smoke" / "cells").glob("main_cifar10--w4a4-seed0.json"))
+    assert "`results/local/smoke/`" in (tmp_path / "reports" / "local" / "smoke" / "report.md").read_text()
