@@ -4,7 +4,6 @@ file behind, and a damaged or edited file is refused instead of silently used.""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -120,8 +119,9 @@ def load_torch(path: str | os.PathLike, remedy: str = RECOMPUTE) -> Any:
     file is an error that names the file and `remedy`. A file from before checksums existed is accepted once, with
     a notice, and its checksum recorded now."""
     path = Path(path)
-    blob = path.read_bytes()  # FileNotFoundError propagates: callers decide what a missing file means
-    actual = hashlib.sha256(blob).hexdigest()
+    # Hashed in a stream, then loaded from the file (not from one bytes copy: sets can be GBs). Our writers only
+    # ever replace a file whole, with its checksum, so the two reads see the same file.
+    actual = sha256_of(path)  # FileNotFoundError propagates: callers decide what a missing file means
     recorded = recorded_checksums(path)
     if recorded and actual not in recorded:
         raise UserInputError(
@@ -131,7 +131,7 @@ def load_torch(path: str | os.PathLike, remedy: str = RECOMPUTE) -> Any:
     if not recorded:
         _record_legacy_checksum(path, actual)
     try:
-        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt or foreign file
         raise UserInputError(f"{path} could not be read ({type(exc).__name__}: {exc}); {remedy}") from exc
 
