@@ -171,8 +171,10 @@ def _results_options(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--results", default=None,
                         help=f"results folder to {verb} (default $INTRAQ_RESULTS, else results/local, or the "
                         "published results/ with --publish)")
-    parser.add_argument("--publish", action="store_true",
-                        help=f"{verb} the committed results/<profile>/ (and reports/) instead of the local folders")
+    publish = {"write": "write the committed results/<profile>/ instead of results/local/",
+               "read": "render the committed results/<profile>/ into the committed reports/ instead of the local "
+                       "folders"}[verb]
+    parser.add_argument("--publish", action="store_true", help=f"{publish} (maintainers)")
 
 
 def _version() -> str:
