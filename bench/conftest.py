@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from intraq.results import default_results_dir
 from intraq.tables import Cell, all_tables, cell_config
 
 DEFAULT_PROFILE = "smoke"  # the embedded one: digits data, a teacher trained in seconds
@@ -44,7 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--profile", default=DEFAULT_PROFILE, help=f"profile of the cases (default {DEFAULT_PROFILE})")
     group.addoption("--seeds", type=int, default=DEFAULT_SEEDS,
                     help=f"seeds 0..N-1 per cell (default {DEFAULT_SEEDS}; $INTRAQ_BENCH_SEEDS)")
-    group.addoption("--results", default="results", help="results folder (default ./results)")
+    group.addoption("--results", default=None, help="results folder (default $INTRAQ_RESULTS, else results/local)")
+    group.addoption("--publish", action="store_true", help="write the committed results/<profile>/ (maintainers)")
     group.addoption("--artifacts", default=None, help="artifact folder (default $INTRAQ_ARTIFACTS or ./artifacts)")
     group.addoption("--data-root", default=os.environ.get("INTRAQ_DATA_ROOT"),
                     help="CIFAR-10 / ImageNet location (data.root; default $INTRAQ_DATA_ROOT)")
@@ -64,7 +66,8 @@ def _options(config: pytest.Config) -> BenchOptions:
     artifacts = config.getoption("artifacts")
     return BenchOptions(
         profile=config.getoption("profile"), seeds=config.getoption("seeds"),
-        results=Path(config.getoption("results")), artifacts=Path(artifacts) if artifacts else None,
+        results=Path(config.getoption("results") or default_results_dir(config.getoption("publish"))),
+        artifacts=Path(artifacts) if artifacts else None,
         device=config.getoption("device"), threads=config.getoption("threads"),
         compile=config.getoption("compile"), extra=tuple(extra),
     )

@@ -18,6 +18,8 @@ from intraq.profiles import PROFILES, get_profile
 if TYPE_CHECKING:
     import torch
 
+EMBEDDED_DATA = ("digits",)  # data sets shipped inside the package: they take no data.root
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES.names())} (default smoke)")
@@ -44,7 +46,14 @@ def build_config(args: argparse.Namespace, method: str | None = None) -> RunConf
         overrides.insert(0, f"seed={args.seed}")
     if args.data_root is not None:
         overrides.insert(0, f"data.root={args.data_root}")
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if cfg.data.root and cfg.data.name in EMBEDDED_DATA:
+        raise UserInputError(
+            f"profile {cfg.profile} uses the embedded {cfg.data.name} data, which reads no data root, so "
+            f"--data-root/data.root {cfg.data.root} would be ignored: drop it, or pick a profile that reads it "
+            "(--profile cifar10-cpu, cifar10 or imagenet)"
+        )
+    return cfg
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
@@ -77,17 +86,22 @@ def _image_set_methods() -> list[str]:
 def cmd_teacher_train(args: argparse.Namespace) -> int:
     from intraq.artifacts import artifacts_root
     from intraq.data import build_data
-    from intraq.teacher.load import local_checkpoint_path
-    from intraq.teacher.train import train_teacher
+    from intraq.teacher.load import recipe_checkpoint_path
+    from intraq.teacher.train import check_train_target, train_teacher
 
     cfg = build_config(args)
+    artifacts = artifacts_root(args.artifacts)
+    # Under the artifacts unless --out: a committed teacher (teachers/) is replaced only by --out PATH --force.
+    out = Path(args.out) if args.out else recipe_checkpoint_path(cfg.teacher, cfg.data.name, artifacts)
+    check_train_target(out, explicit=args.out is not None, force=args.force)
     device = _setup(args)
     data = build_data(cfg.data)
-    out = Path(args.out) if args.out else local_checkpoint_path(cfg.teacher, data.name, artifacts_root(args.artifacts))
-    if out.exists() and not args.force:
-        raise UserInputError(f"{out} exists; pass --force to retrain, or delete it")
     _, sidecar = train_teacher(cfg.teacher, data, out, cfg.teacher.train_seed, device, progress=not args.quiet)
-    print(f"teacher {cfg.teacher.name} on {data.name}: test top-1 {sidecar['test_top1']:.2f}%  -> {out}")
+    print(f"teacher {cfg.teacher.name} on {data.name}: test top-1 {sidecar['test_top1']:.2f}%, sha256 "
+          f"{sidecar['sha256'][:12]}… ({sidecar['torch_threads']} torch threads)  -> {out}")
+    print("  the weights depend on the CPU and the thread count (float summation order), so they may differ from "
+          "a teacher trained elsewhere, and its cases are new cases; "
+          f"use it with --set teacher.checkpoint={out}")
     return 0
 
 
@@ -121,18 +135,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reuse_line(path: Path, record: dict) -> str:
+    machine = record.get("machine", {})
+    where = machine.get("hostname", "an unknown machine")
+    if machine.get("device"):
+        where += f" ({machine['device']}, {machine.get('torch_threads', '?')} threads)"
+    when = record.get("finished") or record.get("started") or "an unknown date"
+    return (f"reused the stored result {path} (run on {where} at {when}, commit {str(record.get('git_commit'))[:12]}); "
+            "nothing was computed now; --force re-runs it")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args, args.method)
     device = _setup(args)
     from intraq.pipeline import RunPaths, case_hash, run_case_record
+    from intraq.results import default_results_dir, read_result, result_path
 
     if args.print_config:
         import json
 
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    paths = RunPaths.default(args.artifacts, args.results)
+    results = Path(args.results) if args.results else default_results_dir(args.publish)
+    paths = RunPaths.default(args.artifacts, results)
+    stored_file = result_path(results, cfg.profile, case_hash(cfg), cfg.seed)
+    stored = read_result(stored_file) if stored_file.exists() and not args.force else None
     record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
+    reused = stored is not None and (stored.started, stored.finished) == (record.started, record.finished)
+    if reused:
+        print(_reuse_line(stored_file, record.to_dict()))
     acc = record.accuracy
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     print(f"case {case_hash(cfg)} seed {cfg.seed} ({cfg.profile}, {cfg.synth.method}, {bits})")
@@ -142,21 +173,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     best_at = acc.get("best_epoch_index")
     label = "best epoch" if best_at is None else f"best epoch (#{best_at})"
     print(f"  {bits} {label:<27s}{acc['best_epoch']:6.2f}%")
-    print(f"  wall time {record.seconds['total']:.1f}s; result: "
-          f"{Path(args.results) / cfg.profile / (case_hash(cfg) + f'-seed{cfg.seed}.json')}")
+    wall = "stored run's wall time" if reused else "wall time"
+    print(f"  {wall} {record.seconds['total']:.1f}s; result: {stored_file}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from intraq.report import render_report
+    from intraq.results import default_reports_dir, default_results_dir
 
-    files = render_report(args.profile, args.results, args.out)
+    results = Path(args.results) if args.results else default_results_dir(args.publish)
+    out = Path(args.out) if args.out else default_reports_dir(args.publish)
+    print(f"rendering results from {results / args.profile}")
+    files = render_report(args.profile, results, out)
     print(f"report for profile {args.profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
     return 0
 
 
+def _results_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--results", default=None,
+                        help=f"results folder to {verb} (default $INTRAQ_RESULTS, else results/local, or the "
+                        "published results/ with --publish)")
+    publish = {"write": "write the committed results/<profile>/ instead of results/local/",
+               "read": "render the committed results/<profile>/ into the committed reports/ instead of the local "
+                       "folders"}[verb]
+    parser.add_argument("--publish", action="store_true", help=f"{publish} (maintainers)")
+
+
+def _version() -> str:
+    import torch
+
+    import intraq
+    from intraq.results import git_commit
+
+    return f"intraq-bench {intraq.__version__} (commit {git_commit()}, torch {torch.__version__})"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: one unwrapped line, and the git lookup only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version, commit and torch version, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intraq", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profiles", help="list the profiles")
@@ -168,8 +235,10 @@ def make_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", help="teacher commands").add_subparsers(dest="teacher_command", required=True)
     p = teacher.add_parser("train", help="train the profile's teacher with the project's recipe")
     _common(p)
-    p.add_argument("--out", default=None, help="checkpoint path (default: the profile's)")
-    p.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
+    p.add_argument("--out", default=None,
+                   help="checkpoint path (default: <artifacts>/teachers/<name>-<data>-<recipe hash>.pt)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even if the checkpoint exists (a committed one only together with --out naming it)")
     p.set_defaults(func=cmd_teacher_train)
 
     p = sub.add_parser("generate", help="generate (or reuse) an image set")
@@ -181,15 +250,17 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--method", default="intraq",
                    help=f"one of: {', '.join(METHODS.names())} (default intraq; `intraq methods` describes them)")
-    p.add_argument("--results", default="results", help="results folder (default ./results)")
+    _results_options(p, "write")
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render the tables report from results/ (markdown + self-contained HTML)")
     p.add_argument("--profile", default="smoke", help="whose results to render (default smoke)")
-    p.add_argument("--results", default="results", help="results folder (default ./results)")
-    p.add_argument("--out", default="reports", help="output folder; writes OUT/<profile>/report.{md,html}")
+    _results_options(p, "read")
+    p.add_argument("--out", default=None,
+                   help="output folder; writes OUT/<profile>/report.{md,html} (default reports/local, or reports "
+                   "with --publish)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import intraq
-from intraq.artifacts import artifacts_root
+from intraq.artifacts import artifacts_root, remove_artifact
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
@@ -136,7 +136,7 @@ def run_case_record(
         history=outcome.history, extras=outcome.extras,
     )
     write_result(record, out)
-    (run_dir / "finetune.pt").unlink(missing_ok=True)
+    remove_artifact(run_dir / "finetune.pt")
     return record
 
 

@@ -16,6 +16,23 @@ from intraq.artifacts import load_json, save_json
 from intraq.errors import UserInputError
 
 OUTPUT_FOLDERS = ("results", "reports", "resume")  # written by runs, `intraq report` and long runs' state; not code
+RESULTS_ENV = "INTRAQ_RESULTS"
+PUBLISHED_RESULTS = Path("results")  # committed records: written only with --publish
+PUBLISHED_REPORTS = Path("reports")
+LOCAL_FOLDER = "local"  # results/local/, reports/local/: a user's own runs (gitignored)
+
+
+def default_results_dir(publish: bool) -> Path:
+    """Where runs write and reports read: $INTRAQ_RESULTS if set, else the committed `results/` when publishing,
+    else `results/local/`, so a user's runs never overwrite (or get served from) the published records."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    return PUBLISHED_RESULTS if publish else PUBLISHED_RESULTS / LOCAL_FOLDER
+
+
+def default_reports_dir(publish: bool) -> Path:
+    """Where `intraq report` writes: the committed `reports/` when publishing, else `reports/local/` (gitignored)."""
+    return PUBLISHED_REPORTS if publish else PUBLISHED_REPORTS / LOCAL_FOLDER
 
 
 def git_commit(repo: Path | None = None) -> str:

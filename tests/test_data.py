@@ -188,6 +188,20 @@ def test_archive_layout(tmp_path: Path, top: str | None):
     assert not any(p.is_dir() for p in (tmp_path / "cache").iterdir())  # nothing extracted to disk
 
 
+def test_a_folder_holding_the_archive_is_accepted(tmp_path: Path):
+    _make_tree(tmp_path / "tree", ext="jpg")
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    _make_archive(folder / "cifar10-jpeg.tar.gz", tmp_path / "tree", None)
+    (folder / "notes.txt").write_text("not data")
+    _check_splits(build_cifar10(_cfg(folder, tmp_path / "cache")), n_train=20, n_test=20)
+    _make_archive(folder / "other.tgz", tmp_path / "tree", None)  # the CIFAR-10 name still wins
+    _check_splits(build_cifar10(_cfg(folder, tmp_path / "cache")), n_train=20, n_test=20)
+    (folder / "cifar10-jpeg.tar.gz").rename(folder / "copy.tar.gz")
+    with pytest.raises(UserInputError, match="several archives.*copy.tar.gz, other.tgz"):
+        build_cifar10(_cfg(folder, tmp_path / "cache"))
+
+
 def test_archive_without_cifar_tree_lists_its_entries(tmp_path: Path):
     archive = tmp_path / "other.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -256,3 +256,23 @@ def test_header_points_to_provenance_notes(tmp_path: Path, fixture_results: Path
     markdown = to_markdown(build_report(load_results(noted, PROFILE)))
     assert "Provenance notes: 2 of 12 runs carry a `git_commit_note`" in markdown and "2 at abc+dirty" in markdown
     assert "Provenance notes" not in to_markdown(build_report(load_results(fixture_results, PROFILE)))
+
+
+def test_cli_report_renders_local_results_to_the_local_reports_folder(
+    fixture_results: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    monkeypatch.delenv("INTRAQ_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(fixture_results / PROFILE, tmp_path / "results" / "local" / PROFILE)
+    assert main(["report", "--profile", PROFILE]) == 0
+    assert "results/local/fixture" in capsys.readouterr().out
+    text = (tmp_path / "reports" / "local" / PROFILE / "report.md").read_text()
+    assert "Rendered from the results folder `results/local/fixture/`" in text
+    assert not (tmp_path / "reports" / PROFILE).exists()  # the published report is untouched
+
+    shutil.copytree(fixture_results / PROFILE, tmp_path / "results" / PROFILE)
+    assert main(["report", "--profile", PROFILE, "--publish"]) == 0
+    published = (tmp_path / "reports" / PROFILE / "report.md").read_text()
+    assert "Rendered from the results folder `results/fixture/`" in published

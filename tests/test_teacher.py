@@ -76,3 +76,78 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
     resumed, _ = train_teacher(cfg2, data, partial, seed=0, device=torch.device("cpu"), progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_teacher_path_that_does_not_exist_is_an_error_not_a_new_teacher(tmp_path):
+    data = build_data(DataConfig("digits"))
+    typo = tmp_path / "teachers" / "digits-cnn.pt"
+    cfg = TeacherConfig(name="digits_cnn", checkpoint=str(typo), auto_train=True, train_epochs=1)
+    with pytest.raises(UserInputError, match=rf"{typo} does not exist.*intraq teacher train .*--out {typo}"):
+        get_teacher(cfg, data, torch.device("cpu"), tmp_path / "artifacts", progress=False)
+    assert not typo.exists() and not (tmp_path / "artifacts" / "teachers").exists()  # nothing was trained
+
+
+def test_a_teacher_that_fails_its_check_is_not_told_to_be_deleted(tmp_path):
+    path = tmp_path / "mine.pt"
+    save_teacher(build_model("digits_cnn", 10), path, {"test_top1": 90.0})
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(UserInputError) as changed:
+        load_teacher_weights(build_model("digits_cnn", 10), path)
+    # weights that are not a torch file at all, with a sidecar that matches them (a user's own file)
+    path.write_bytes(b"not a checkpoint")
+    (tmp_path / "mine.pt.sha256").unlink()
+    sidecar = json.loads((tmp_path / "mine.json").read_text())
+    (tmp_path / "mine.json").write_text(json.dumps(dict(sidecar, sha256=sha256_file(path))))
+    with pytest.raises(UserInputError) as unreadable:
+        load_teacher_weights(build_model("digits_cnn", 10), path)
+    for error in (changed.value, unreadable.value):
+        assert "delete" not in str(error) and "recompute" not in str(error)
+        assert "Restore the original file" in str(error) and "--out NEW_PATH" in str(error)
+    assert "could not be read" in str(unreadable.value)
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_training_never_replaces_a_committed_file_without_out_and_force(tmp_path):
+    from intraq.teacher.load import REPO_ROOT
+    from intraq.teacher.train import check_train_target
+
+    committed = REPO_ROOT / "teachers" / "resnet20-cifar10.pt"
+    for explicit, force in ((False, False), (False, True), (True, False)):
+        with pytest.raises(UserInputError, match="committed teachers.*--out .*resnet20-cifar10.pt --force"):
+            check_train_target(committed, explicit=explicit, force=force)
+    check_train_target(committed, explicit=True, force=True)  # asked for by name: allowed
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "t.pt").write_bytes(b"weights")
+    _git(repo, "add", "t.pt")
+    with pytest.raises(UserInputError, match="git tracks it"):
+        check_train_target(repo / "t.pt", explicit=False, force=True)
+    check_train_target(repo / "t.pt", explicit=True, force=True)
+
+    mine = tmp_path / "mine.pt"
+    check_train_target(mine, explicit=True, force=False)  # a new file: nothing to replace
+    mine.write_bytes(b"weights")
+    with pytest.raises(UserInputError, match="exists; pass --force"):
+        check_train_target(mine, explicit=False, force=False)
+    check_train_target(mine, explicit=False, force=True)
+
+
+def test_cli_teacher_train_writes_under_the_artifacts_by_default(tmp_path, capsys):
+    from intraq.cli import main
+
+    args = ["teacher", "train", "--profile", "cifar10-cpu", "--set", "data.name=digits", "--set",
+            "teacher.name=digits_cnn", "--set", "teacher.train_epochs=1", "--quiet", "--artifacts", str(tmp_path)]
+    assert main(args) == 0  # cifar10-cpu names the committed teachers/resnet20-cifar10.pt: not the default target
+    out = capsys.readouterr().out
+    written = list((tmp_path / "teachers").glob("digits_cnn-digits-*.pt"))
+    assert len(written) == 1 and str(written[0]) in out and "thread count" in out
+    assert (tmp_path / "teachers" / (written[0].name + ".sha256")).exists()
+    assert main(args) == 2
+    assert "exists; pass --force" in capsys.readouterr().err

@@ -53,8 +53,10 @@ CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 LAYOUTS = (
     f"(a) torchvision's CIFAR-10 folder: a folder holding {TV_FOLDER}/ (or {TV_FOLDER} itself); "
     "(b) an ImageFolder tree with train/<class>/*.jpg and test/<class>/*.jpg, 10 class folders each; "
-    "(c) the archive cifar10-jpeg.tar.gz holding such a tree"
+    "(c) the archive cifar10-jpeg.tar.gz holding such a tree, or a folder holding that archive"
 )
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+PREFERRED_ARCHIVE = "cifar10-jpeg.tar.gz"
 
 # split -> class -> [(where, payload)], payload a file path or the encoded bytes read from an archive
 ImageIndex = dict[str, dict[str, list[tuple[str, Path | bytes]]]]
@@ -71,7 +73,7 @@ class _Source:
 
 def _find_source(root: Path) -> _Source:
     if root.is_file():
-        if root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        if root.name.endswith(ARCHIVE_SUFFIXES):
             return _Source("archive", root, file_stats(root, [root]))
         raise UserInputError(
             f"data.root {str(root)!r} is a file but not a .tar.gz archive. Accepted layouts: {LAYOUTS}"
@@ -95,10 +97,30 @@ def _find_source(root: Path) -> _Source:
             (f"{split}/{rel}", *rest) for split in SPLITS for rel, *rest in tree_stats(root / split, is_image_name)
         ]
         return _Source("folder", root, stats)
+    archive = _archive_in(root)
+    if archive is not None:
+        return _Source("archive", archive, file_stats(archive, [archive]))
     raise UserInputError(
         f"data.root {str(root)!r} matches no CIFAR-10 layout; it holds: {describe_dir(root)}. "
         f"Accepted layouts: {LAYOUTS}"
     )
+
+
+def _archive_in(folder: Path) -> Path | None:
+    """The archive a folder holds (layout c given as its folder): cifar10-jpeg.tar.gz, else its only archive."""
+    archives = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES)
+                      and not is_hidden(p.name))
+    if not archives:
+        return None
+    preferred = [p for p in archives if p.name == PREFERRED_ARCHIVE]
+    if preferred:
+        return preferred[0]
+    if len(archives) > 1:
+        raise UserInputError(
+            f"data.root {str(folder)!r} holds several archives ({', '.join(p.name for p in archives)}); "
+            "point data.root at the one holding CIFAR-10's train/ and test/ tree"
+        )
+    return archives[0]
 
 
 def decode_image(payload: Path | bytes, where: str) -> np.ndarray:

@@ -96,6 +96,7 @@ def header_blocks(res: BenchResults) -> list[Block]:
         items.append("**FABRICATED TEST FIXTURE: these numbers were made up by the test suite, not measured.**")
     items += [
         f"Profile: {_profile_line(res.profile)}.",
+        f"Rendered from the results folder `{Path(res.results_dir) / res.profile}/`.",
         f"All measured numbers come from this profile's data ({', '.join(datasets)}) and teacher "
         f"({'; '.join(teachers)}). The paper's values are for {PAPER_SETTING}; unless the profile is `imagenet`, "
         "compare differences and claim verdicts with the paper, not absolute values.",

@@ -12,6 +12,12 @@ from torch import nn
 from intraq.artifacts import load_json, load_torch, save_json, save_torch
 from intraq.errors import UserInputError
 
+# A teacher is an input, not a cache: nothing recomputes it, so "delete it" is never the advice.
+TEACHER_REMEDY = (
+    "Restore the original file (a committed teacher: `git checkout -- <file>`); if you meant to use other weights, "
+    "give them their own path and sidecar (for the project's recipe: `intraq teacher train --out NEW_PATH`)"
+)
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -48,7 +54,10 @@ def load_teacher_weights(model: nn.Module, path: str | Path, verify: bool = True
     """Load `path` into `model` after checking the sidecar's sha256; returns the sidecar."""
     path = Path(path)
     if not path.exists():
-        raise UserInputError(f"teacher checkpoint {path} does not exist; train it with `intraq teacher train`")
+        raise UserInputError(
+            f"teacher checkpoint {path} does not exist; check the path, or train one there with "
+            f"`intraq teacher train --profile <profile> --out {path}`"
+        )
     sidecar = read_sidecar(path)
     if verify:
         actual = sha256_file(path)
@@ -56,10 +65,9 @@ def load_teacher_weights(model: nn.Module, path: str | Path, verify: bool = True
         if actual != expected:
             raise UserInputError(
                 f"teacher checkpoint {path} has sha256 {actual[:16]}… but its sidecar {sidecar_path(path)} "
-                f"records {str(expected)[:16]}…: the file changed after training. Restore the original file or "
-                "retrain with `intraq teacher train`"
+                f"records {str(expected)[:16]}…: the file changed after its sidecar was written. {TEACHER_REMEDY}"
             )
-    state = load_torch(path)
+    state = load_torch(path, remedy=TEACHER_REMEDY)
     mine = model.state_dict()
     missing = sorted(set(mine) - set(state))
     extra = sorted(set(state) - set(mine))

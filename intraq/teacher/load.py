@@ -30,15 +30,21 @@ class Teacher:
     info: dict[str, Any]  # source, checkpoint, sha256, test_top1, ...
 
 
+def recipe_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) -> Path:
+    """The artifacts file of a teacher trained with `cfg`'s recipe: named by architecture, data set and recipe
+    hash. `teacher.auto_train` trains here, and so does `intraq teacher train` unless given --out."""
+    recipe = {k: v for k, v in vars(cfg).items() if k.startswith("train_")} | {"name": cfg.name, "data": data_name}
+    return artifacts / "teachers" / f"{cfg.name}-{data_name}-{config_hash(recipe)}.pt"
+
+
 def local_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) -> Path:
-    """Default file of a locally trained teacher: named by architecture, data set and recipe hash."""
+    """The local teacher's file: `teacher.checkpoint` if set, else the recipe's file under the artifacts."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
             return REPO_ROOT / path  # committed teachers (teachers/...) also resolve outside the repo's root
         return path
-    recipe = {k: v for k, v in vars(cfg).items() if k.startswith("train_")} | {"name": cfg.name, "data": data_name}
-    return artifacts / "teachers" / f"{cfg.name}-{data_name}-{config_hash(recipe)}.pt"
+    return recipe_checkpoint_path(cfg, data_name, artifacts)
 
 
 def _pretrained_torchvision(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -84,6 +90,12 @@ def get_teacher(
         path = local_checkpoint_path(cfg, data.name, artifacts)
         model = build_model(cfg.name, data.num_classes)
         if not path.exists():
+            if cfg.checkpoint:  # an explicit path is never trained into silently: a typo would make a new teacher
+                raise UserInputError(
+                    f"teacher.checkpoint {cfg.checkpoint} does not exist. Check the path; to train a teacher there, "
+                    f"run `intraq teacher train --profile <profile> --out {cfg.checkpoint}`; or leave "
+                    "teacher.checkpoint unset to use the profile's teacher (teacher.auto_train trains that one)"
+                )
             if not cfg.auto_train:
                 raise UserInputError(
                     f"no teacher checkpoint at {path}. Train it with `intraq teacher train --profile <profile>` "

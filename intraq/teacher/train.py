@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from intraq.artifacts import load_torch, save_torch
+from intraq.artifacts import load_torch, remove_artifact, save_torch
 from intraq.config import TeacherConfig
 from intraq.data.augment import random_crop_flip
 from intraq.data.base import DataSplits, TensorImageDataset
@@ -22,6 +23,39 @@ from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.teacher.checkpoint import save_teacher
 from intraq.teacher.models import build_model
+
+
+def committed_reason(path: Path) -> str | None:
+    """Why `path` is a committed file that training must not replace silently: under teachers/ or tracked by git."""
+    from intraq.teacher.load import REPO_ROOT
+
+    resolved = path.resolve()
+    if resolved.is_relative_to((REPO_ROOT / "teachers").resolve()):
+        return "it is one of the committed teachers (teachers/)"
+    if not resolved.parent.is_dir():
+        return None
+    try:
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "--", resolved.name], cwd=resolved.parent, capture_output=True
+        ).returncode == 0
+    except OSError:
+        return None
+    return "git tracks it" if tracked else None
+
+
+def check_train_target(out: Path, explicit: bool, force: bool) -> None:
+    """`intraq teacher train` never replaces a file by accident: an existing checkpoint needs --force, and a
+    committed one (teachers/, or tracked by git) needs --out naming it as well."""
+    if not out.exists():
+        return
+    reason = committed_reason(out)
+    if reason and not (explicit and force):
+        raise UserInputError(
+            f"{out} exists and {reason}; training does not replace it by default. Train elsewhere with "
+            f"--out NEW_PATH, or, to replace it on purpose, pass --out {out} --force"
+        )
+    if not force:
+        raise UserInputError(f"{out} exists; pass --force to retrain it, or --out NEW_PATH to train elsewhere")
 
 
 def train_teacher(
@@ -105,5 +139,5 @@ def train_teacher(
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
     }
     sidecar = save_teacher(model, out_path, info)
-    state_path.unlink(missing_ok=True)
+    remove_artifact(state_path)
     return model, sidecar
