@@ -227,7 +227,10 @@ def run_case(
 
         student = quantize_model(teacher.model, cfg.quant).to(device).requires_grad_(True)
         tic = time.perf_counter()
-        out_q = run_qimera(teacher.model, student, data, cfg, device, test_accuracy, progress=progress)
+        out_q = run_qimera(
+            teacher.model, student, data, cfg, device, test_accuracy, progress=progress,
+            checkpoint_path=paths.artifacts / "runs" / f"{name}-seed{cfg.seed}" / "finetune.pt",  # deleted below
+        )
         seconds["qimera_total"] = time.perf_counter() - tic
         accuracy = {
             "after_calibration": out_q["acc_after_calibration"], "final_epoch": out_q["acc_final"],
