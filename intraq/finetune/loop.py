@@ -10,6 +10,8 @@ Two flags on the epoch's training loss (the first of `loss_keys`, e.g. the KD lo
 - exploded: the loss is finite but more than `EXPLOSION_FACTOR` (10) times the loss of the first epoch that
   trained (the run's starting point). The run goes on; the epoch is flagged, since such a loss means the
   student left the teacher far behind (an lr too high for the images, or corrupt images), not noise.
+  A loss already huge in the first trained epoch has no sane reference and is not flagged (it diverges or
+  shows in the accuracy).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def run_epochs(
             # A non-finite loss never recovers (NaN weights): stop, keep the evaluated epochs, flag it.
             bar.write(f"{loop.desc} diverged at epoch {epoch} (non-finite loss); stopping")
             break
-        if record.get("exploded"):
+        if record.get("exploded") and out.first_epoch("exploded") == epoch:
             bar.write(f"{loop.desc}: loss exploded at epoch {epoch} (> {EXPLOSION_FACTOR:g}x the first epoch's)")
     bar.close()
     return out

@@ -31,8 +31,9 @@ BatchResult = tuple[torch.Tensor, torch.Tensor, dict]
 class BatchCheckpoint:
     """The resumable state of one batch's optimization in a file beside its batch file (written atomically)."""
 
-    def __init__(self, path: Path, every_seconds: float = CHECKPOINT_SECONDS) -> None:
-        self.path, self.every_seconds = path, every_seconds
+    def __init__(self, path: Path, every_seconds: float | None = None) -> None:
+        self.path = path
+        self.every_seconds = CHECKPOINT_SECONDS if every_seconds is None else every_seconds
         self.last_save = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
