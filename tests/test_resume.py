@@ -29,6 +29,7 @@ from intraq.finetune.trainer import finetune, multi_step_lr
 from intraq.quantize import quantize_model
 from intraq.synthesis.base import SynthContext
 from intraq.synthesis.deepinversion import DeepInversionConfig, generate_deepinversion
+from intraq.synthesis.gdfq import GdfqCalibrationSource
 from intraq.synthesis.intraq import generate
 from intraq.teacher.models import build_model
 
@@ -159,6 +160,34 @@ def test_finetune_interrupted_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     assert resumed.history == straight.history  # losses, lrs and accuracies: ==
     assert _same_state(student, straight_student)
     assert [s["first_epoch"] for s in resumed.sittings] == [0, 3]
+
+
+@pytest.mark.parametrize("source", ["images", "gdfq"])
+def test_finetune_interrupted_in_calibration_resumes_exactly(tmp_path, source):
+    """The calibration source's state is checkpointed too: epoch 1 of 2 calibration epochs is interrupted."""
+
+    def run(path: Path, interrupt_at: int | None = None):
+        teacher, student, images, labels, calibration = _setup()
+        if source == "gdfq":
+            rng = torch.Generator().manual_seed(5)
+            calibration = GdfqCalibrationSource(teacher, 10, 16, 16, 1e-3, 8, torch.device("cpu"), rng, False)
+        hook = Interrupt(student, interrupt_at) if interrupt_at else None
+        try:
+            result = finetune(
+                student, teacher, images, labels, lambda m: 50.0, calibration, make_finetune_augment(FT), FT,
+                torch.device("cpu"), seed=3, checkpoint_path=path, progress=False,
+            )
+        finally:
+            if hook is not None:
+                hook.handle.remove()
+        return student, result
+
+    straight_student, straight = run(tmp_path / "straight.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed.pt", interrupt_at=5)  # student forward 5: calibration epoch 1, step 2
+    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["epoch"] == 0
+    student, resumed = run(tmp_path / "resumed.pt")
+    assert resumed.history == straight.history and _same_state(student, straight_student)
 
 
 def test_explosion_is_flagged_without_stopping(tmp_path):

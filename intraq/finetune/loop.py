@@ -64,7 +64,6 @@ class EpochLoop:
     iters_per_epoch: int
     desc: str
     checkpoint_path: Path | None = None
-    save_from_epoch: int = 0  # earlier epochs are not checkpointed (state that is not saved lives there)
     loss_keys: tuple[str, ...] = ("loss",)  # monitored losses of an epoch's record; the first is the KD loss
     phases: tuple[str, ...] = ("train",)  # names of the training phases whose seconds are recorded
     progress: bool = True
@@ -134,7 +133,7 @@ def run_epochs(
             bar.set_postfix(epoch=epoch, acc=f"{record['acc']:.2f}")
         out.history.append(record)
         seek(schedulers, epoch + 1)
-        if loop.checkpoint_path is not None and epoch >= loop.save_from_epoch:
+        if loop.checkpoint_path is not None:
             blob = {**state(), "history": out.history, "seconds": out.seconds, "epoch": epoch, "sittings": out.sittings}
             save_torch(blob, loop.checkpoint_path)
         if diverged:

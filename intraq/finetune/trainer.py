@@ -32,6 +32,10 @@ class CalibrationSource(Protocol):
 
     def next_batch(self) -> torch.Tensor: ...
 
+    def state_dict(self) -> dict: ...  # what a resumed run needs to continue the same sequence of batches
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class ImageSetCalibration:
     """Calibrate on the fine-tuning images themselves (the alternative to the official GDFQ generator)."""
@@ -42,6 +46,12 @@ class ImageSetCalibration:
     def next_batch(self) -> torch.Tensor:
         idx = torch.randint(len(self.images), (min(self.batch_size, len(self.images)),), generator=self.generator)
         return self.images[idx].to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
 
 
 def calibrate(student: nn.Module, source: CalibrationSource, steps: int, on_step: Callable[[], object] | None = None):
@@ -184,19 +194,20 @@ def finetune(
 
     def state() -> dict:
         return {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "sampler_order": sampler.order, "sampler_pos": sampler.pos}
+                "generator": generator.get_state(), "sampler_order": sampler.order, "sampler_pos": sampler.pos,
+                "calibration": calibration.state_dict()}
 
     def restore(blob: dict) -> None:
         student.load_state_dict(blob["student"])
         optimizer.load_state_dict(blob["optimizer"])
         generator.set_state(blob["generator"])
         sampler.order, sampler.pos = blob["sampler_order"], blob["sampler_pos"]
+        if "calibration" in blob:  # older checkpoints were written only once calibration had finished
+            calibration.load_state_dict(blob["calibration"])
 
     loop = EpochLoop(
-        cfg.epochs, cfg.iters_per_epoch, "fine-tune", checkpoint_path,
-        # Not inside calibration: the calibration source's state is not saved, so an interrupted
-        # calibration restarts from a fresh student rather than resuming in a different state.
-        save_from_epoch=cfg.calib_epochs - 1, phases=("calibration", "finetune"), progress=progress,
+        cfg.epochs, cfg.iters_per_epoch, "fine-tune", checkpoint_path, phases=("calibration", "finetune"),
+        progress=progress,
     )
     outcome = run_epochs(
         loop, train_epoch, lambda epoch: "calibration" if epoch < cfg.calib_epochs else "finetune",

@@ -207,6 +207,15 @@ class GdfqCalibrationSource:
         self.last_loss = float(loss)
         return images
 
+    def state_dict(self) -> dict:
+        """Generator weights, Adam state and the RNG: a resumed run continues the same sequence exactly."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])
+
     @torch.no_grad()
     def sample(self, num_images: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`num_images` images with uniform labels, in batches (train-mode BN, as the lineage samples)."""
