@@ -29,7 +29,7 @@ from intraq.finetune.trainer import finetune, multi_step_lr
 from intraq.quantize import quantize_model
 from intraq.synthesis.base import SynthContext
 from intraq.synthesis.deepinversion import DeepInversionConfig, generate_deepinversion
-from intraq.synthesis.gdfq import GdfqCalibrationSource
+from intraq.synthesis.gdfq import GdfqCalibrationSource, synthesize_gdfq
 from intraq.synthesis.intraq import generate
 from intraq.teacher.models import build_model
 
@@ -105,6 +105,20 @@ def test_batch_interrupted_mid_optimization_resumes_exactly(tmp_path, monkeypatc
     for a, b in zip(resumed.meta["batches"], direct.meta["batches"], strict=True):
         assert {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
     assert not list((tmp_path / "run").rglob("*.partial.pt"))  # deleted once the batch file is written
+
+
+def test_gdfq_generator_training_resumes_exactly(tmp_path, monkeypatch):
+    """A GDFQ step changes its state throughout, so an interrupt keeps the last periodic checkpoint."""
+    monkeypatch.setattr(driver_mod, "CHECKPOINT_SECONDS", 0.0)
+    teacher = _teacher(10)
+    direct = synthesize_gdfq(_synth_ctx("gdfq", tmp_path / "direct", teacher))
+    with Interrupt(teacher, at_call=5), pytest.raises(KeyboardInterrupt):
+        synthesize_gdfq(_synth_ctx("gdfq", tmp_path / "run", teacher))
+    (partial,) = (tmp_path / "run").glob("gdfq-*.partial.pt")
+    assert torch.load(partial, weights_only=True)["iteration"] == 4
+    resumed = synthesize_gdfq(_synth_ctx("gdfq", tmp_path / "run", teacher))
+    assert torch.equal(resumed.images, direct.images) and torch.equal(resumed.labels, direct.labels)
+    assert resumed.meta == direct.meta and not partial.exists()
 
 
 # ----------------------------------------------------------------------------------------------- stage 2
