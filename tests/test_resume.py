@@ -247,21 +247,22 @@ def _weights_stub(model: nn.Module) -> float:
     return float(sum(p.double().sum() for p in model.parameters()).item() % 100)
 
 
-def test_qimera_interrupted_mid_epoch_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("at_call", [5, 8])
+def test_qimera_interrupted_mid_epoch_resumes_exactly(tmp_path, at_call):
     teacher, student, data, cfg = _qimera_setup()
     straight = run_qimera(teacher, student, data, cfg, torch.device("cpu"), _weights_stub, False, tmp_path / "a.pt")
     teacher2, student2, data, cfg = _qimera_setup()
-    # Teacher forwards: 3 per epoch; call 8 is inside epoch 2, in calibration.
-    with Interrupt(teacher2, at_call=8), pytest.raises(KeyboardInterrupt):
+    # Teacher forwards: 3 per epoch; call 5 is inside epoch 1 (calibrating, student trained), call 8 in epoch 2.
+    with Interrupt(teacher2, at_call=at_call), pytest.raises(KeyboardInterrupt):
         run_qimera(teacher2, student2, data, cfg, torch.device("cpu"), _weights_stub, False, tmp_path / "b.pt")
-    assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == (at_call - 1) // 3 - 1
     resumed = run_qimera(teacher2, student2, data, cfg, torch.device("cpu"), _weights_stub, False, tmp_path / "b.pt")
     assert resumed["history"] == straight["history"]
     assert {k: v for k, v in resumed.items() if k not in ("seconds", "sittings")} == {
         k: v for k, v in straight.items() if k not in ("seconds", "sittings")
     }
     assert _same_state(student2, student)
-    assert [s["first_epoch"] for s in resumed["sittings"]] == [0, 2]
+    assert [s["first_epoch"] for s in resumed["sittings"]] == [0, (at_call - 1) // 3]
 
 
 def test_qimera_stops_on_divergence(tmp_path):
