@@ -227,6 +227,9 @@ def test_flag_rule():
     calibration = {"epoch": 0}
     flag_losses(calibration, [], ("loss",))
     assert "exploded" not in calibration and "diverged" not in calibration
+    warmup = {"epoch": 0, "loss_student": None, "loss_generator": float("nan")}  # Qimera before the student trains
+    flag_losses(warmup, [], ("loss_student", "loss_generator"))
+    assert warmup["diverged"] and not warmup["exploded"]
 
 
 def _qimera_setup(lr: float = 1e-3):

@@ -82,13 +82,14 @@ class LoopOutcome:
 def flag_losses(record: dict, history: list[dict], loss_keys: tuple[str, ...]) -> None:
     """Set record["diverged"] and record["exploded"] for an epoch that trained (see the module docstring)."""
     losses = [record.get(k) for k in loss_keys]
-    if losses[0] is None:
-        return
+    if all(v is None for v in losses):
+        return  # nothing trained (a calibration epoch)
     record["diverged"] = any(v is not None and not math.isfinite(v) for v in losses)
     first = next((h[loss_keys[0]] for h in history if h.get(loss_keys[0]) is not None), None)
     reference = abs(first) if first is not None and math.isfinite(first) else None
     record["exploded"] = (
-        not record["diverged"] and reference is not None and abs(losses[0]) > EXPLOSION_FACTOR * reference
+        not record["diverged"] and losses[0] is not None and reference is not None
+        and abs(losses[0]) > EXPLOSION_FACTOR * reference
     )
 
 
