@@ -8,12 +8,14 @@ pass; `BNStatsLoss` (IntraQ, GDFQ, Qimera: mean over layers of MSE to the runnin
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LayerTerm = Callable[[torch.Tensor, nn.BatchNorm2d], torch.Tensor]
+Hooks = TypeVar("Hooks", bound="BNHooks")
 
 
 class BNHooks:
@@ -47,7 +49,7 @@ class BNHooks:
         for handle in self._handles:
             handle.remove()
 
-    def __enter__(self):  # noqa: ANN204 - returns the subclass
+    def __enter__(self: Hooks) -> Hooks:
         return self
 
     def __exit__(self, *exc: object) -> None:
