@@ -128,7 +128,8 @@ def run_case_record(
         accuracy={
             "after_calibration": outcome.after_calibration, "final_epoch": outcome.final_epoch,
             "best_epoch": outcome.best_epoch, "best_epoch_index": outcome.best_epoch_index,
-            "diverged_at_epoch": outcome.diverged_at_epoch, "teacher": teacher.info["test_top1"],
+            "diverged_at_epoch": outcome.diverged_at_epoch, "exploded_at_epoch": outcome.exploded_at_epoch,
+            "teacher": teacher.info["test_top1"],
         },
         accuracy_notes=dict(ACCURACY_NOTES), teacher=teacher.info, config=to_dict(cfg),
         relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(), machine=machine_info(device),

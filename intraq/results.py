@@ -106,7 +106,7 @@ def accuracy_problems(accuracy: Any) -> list[str]:
         return [f"accuracy is {type(accuracy).__name__}, not an object"]
     problems = [f"accuracy.{key} missing" for key in ACCURACY_KEYS if key not in accuracy]
     for key, value in accuracy.items():
-        if key in ("best_epoch_index", "diverged_at_epoch"):
+        if key in ("best_epoch_index", "diverged_at_epoch", "exploded_at_epoch"):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 problems.append(f"accuracy.{key}={value!r} is not an epoch index")
         elif value is not None and (
@@ -129,7 +129,7 @@ class RunRecord:
     seed: int
     profile: str
     method: str
-    accuracy: dict[str, Any]  # ACCURACY_KEYS (in %), best_epoch_index, diverged_at_epoch
+    accuracy: dict[str, Any]  # ACCURACY_KEYS (in %), best_epoch_index, diverged_at_epoch, exploded_at_epoch
     teacher: dict[str, Any]  # what the teacher is: name, source, sha256 or weights, test_top1
     config: dict[str, Any]
     seconds: dict[str, float]

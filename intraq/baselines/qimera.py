@@ -8,9 +8,9 @@ KD term is the element-wise-mean KL × α·T² of the GDFQ lineage (T13), not In
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -173,11 +173,6 @@ def teacher_fc_embedding(teacher: nn.Module, num_classes: int, latent_dim: int) 
     return weight
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def run_qimera(
     teacher: nn.Module,
     student: nn.Module,
@@ -186,6 +181,7 @@ def run_qimera(
     device: torch.device,
     evaluate: Callable[[nn.Module], float],
     progress: bool = True,
+    checkpoint_path: Path | None = None,
 ) -> dict:
     """Qimera's joint loop (methods §4.2–4.3) on an already quantized `student`; both models on `device`.
 
@@ -193,10 +189,12 @@ def run_qimera(
     a student forward on the detached images (this calibrates the activation ranges in epochs < calib_epochs);
     from `warmup_epochs` on, one student SGD step on KD + soft CE. The student stays in eval mode (frozen BN).
     `evaluate(student)` (test top-1 %) runs after every epoch with frozen ranges; best ties go to the later
-    epoch (T12).
+    epoch (T12). The epochs run in KD fine-tuning's loop (`intraq.finetune.loop`): with `checkpoint_path`
+    every epoch is checkpointed and a later call resumes; a non-finite loss stops the run
+    (`diverged_at_epoch`), a student loss above 10x the first trained epoch's is flagged (`exploded_at_epoch`).
     """
     # Imported here so the generator and losses stay importable without the quantizer and trainer.
-    from intraq.finetune.trainer import multi_step_lr
+    from intraq.finetune.loop import EpochLoop, MultiStepLR, run_epochs
     from intraq.quantize import set_act_calibration
 
     q = cfg.qimera
@@ -230,16 +228,9 @@ def run_qimera(
     opt_s = torch.optim.SGD(
         student.parameters(), lr=q.lr, momentum=q.momentum, nesterov=True, weight_decay=q.weight_decay
     )
+    schedules = [MultiStepLR(opt, list(q.lr_steps), q.lr_decay) for opt in (opt_s, opt_g)]
 
-    history: list[dict] = []
-    seconds = {"train": 0.0, "evaluation": 0.0}
-    bar = tqdm(total=q.epochs * q.iters_per_epoch, desc="qimera", disable=not progress)
-    for epoch in range(q.epochs):
-        tic = time.perf_counter()
-        lr_s = multi_step_lr(q.lr, epoch, q.lr_steps, q.lr_decay)
-        lr_g = multi_step_lr(q.generator_lr, epoch, q.lr_steps, q.lr_decay)
-        _set_lr(opt_s, lr_s)
-        _set_lr(opt_g, lr_g)
+    def train_epoch(epoch: int, bar: tqdm) -> dict:
         calibrating, train_student = epoch < q.calib_epochs, epoch >= q.warmup_epochs
         set_act_calibration(student, calibrating)
         student.eval()
@@ -267,33 +258,52 @@ def run_qimera(
                 loss_s_sum += loss_s.detach()
             bar.update()
         set_act_calibration(student, False)  # frozen for evaluation, as the official freeze after each epoch
-        seconds["train"] += time.perf_counter() - tic
-        tic = time.perf_counter()
+        return {
+            "epoch": epoch,
+            "calibrating": calibrating,
+            "student_trained": train_student,
+            "lr": opt_s.param_groups[0]["lr"],
+            "generator_lr": opt_g.param_groups[0]["lr"],
+            "loss_generator": loss_g_sum.item() / q.iters_per_epoch,
+            "loss_student": loss_s_sum.item() / q.iters_per_epoch if train_student else None,
+            "mixed_fraction": mixed_batches / q.iters_per_epoch,
+        }
+
+    def evaluate_student() -> float:
         acc = float(evaluate(student))
         student.eval()
-        seconds["evaluation"] += time.perf_counter() - tic
-        history.append(
-            {
-                "epoch": epoch,
-                "acc": acc,
-                "calibrating": calibrating,
-                "student_trained": train_student,
-                "lr": lr_s,
-                "generator_lr": lr_g,
-                "loss_generator": loss_g_sum.item() / q.iters_per_epoch,
-                "loss_student": loss_s_sum.item() / q.iters_per_epoch if train_student else None,
-                "mixed_fraction": mixed_batches / q.iters_per_epoch,
-            }
-        )
-        bar.set_postfix(epoch=epoch, acc=f"{acc:.2f}")
-    bar.close()
-    after_calibration = history[max(min(q.calib_epochs, q.epochs), 1) - 1]["acc"]
+        return acc
+
+    modules = {
+        "student": student, "generator_model": generator, "optimizer_student": opt_s, "optimizer_generator": opt_g,
+    }
+
+    def restore(blob: dict) -> None:
+        for name, module in modules.items():
+            module.load_state_dict(blob[name])
+        rng.set_state(blob["rng"])
+
+    loop = EpochLoop(
+        q.epochs, q.iters_per_epoch, "qimera", checkpoint_path, loss_keys=("loss_student", "loss_generator"),
+        progress=progress,
+    )
+    outcome = run_epochs(
+        loop, train_epoch, lambda epoch: "train", lambda epoch, record: True, evaluate_student, schedules,
+        lambda: {**{name: module.state_dict() for name, module in modules.items()}, "rng": rng.get_state()},
+        restore, device,
+    )
+    history = outcome.history
+    last_calibrated = max(min(q.calib_epochs, q.epochs), 1) - 1  # a diverged run may have stopped before it
+    after_calibration = history[min(last_calibrated, len(history) - 1)]["acc"]
     best = max(history, key=lambda h: (h["acc"], h["epoch"]))
     return {
         "acc_after_calibration": after_calibration,
         "acc_final": history[-1]["acc"],
         "acc_best": best["acc"],
         "best_epoch": best["epoch"],
+        "diverged_at_epoch": outcome.first_epoch("diverged"),
+        "exploded_at_epoch": outcome.first_epoch("exploded"),
         "history": history,
-        "seconds": seconds,
+        "seconds": outcome.seconds,
+        "sittings": outcome.sittings,
     }

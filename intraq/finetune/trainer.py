@@ -6,13 +6,12 @@ in eval mode (frozen BN statistics, T14), SGD with Nesterov momentum and a multi
 evaluated every `eval_every` epochs; we record the accuracy after calibration only, at the final epoch and at
 the best evaluated epoch (test-set model selection, as the lineage reports it, T12), each labelled.
 
-State is checkpointed atomically after every epoch, so an interrupted run resumes where it stopped.
+The epoch loop (checkpoint after every epoch, resume, divergence stop, explosion flag) is `loop.run_epochs`,
+shared with Qimera's joint training.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,17 +21,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from intraq.artifacts import load_torch, save_torch
 from intraq.config import FinetuneConfig
 from intraq.finetune.kd import kd_loss_intraq
+from intraq.finetune.loop import EpochLoop, MultiStepLR, run_epochs
 from intraq.quantize import set_act_calibration
-from intraq.results import sitting
 
 
 class CalibrationSource(Protocol):
     """Yields the images that set the activation ranges (a GDFQ generator officially, T10)."""
 
     def next_batch(self) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict: ...  # what a resumed run needs to continue the same sequence of batches
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class ImageSetCalibration:
@@ -44,6 +46,12 @@ class ImageSetCalibration:
     def next_batch(self) -> torch.Tensor:
         idx = torch.randint(len(self.images), (min(self.batch_size, len(self.images)),), generator=self.generator)
         return self.images[idx].to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
 
 
 def calibrate(student: nn.Module, source: CalibrationSource, steps: int, on_step: Callable[[], object] | None = None):
@@ -64,7 +72,8 @@ class FinetuneResult:
     acc_final: float
     acc_best: float
     best_epoch: int
-    diverged_at_epoch: int | None = None
+    diverged_at_epoch: int | None = None  # first epoch with a non-finite KD loss (the run stopped there)
+    exploded_at_epoch: int | None = None  # first epoch whose finite KD loss is > 10x the first epoch's
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     sittings: list[dict] = field(default_factory=list)  # one per (re)start: machine, torch, commit, first epoch
@@ -142,7 +151,8 @@ def finetune(
 
     `evaluate(student)` returns test top-1 in percent. With `checkpoint_path`, every finished epoch is saved
     and a later call with the same path continues from the last finished epoch. `channels_last` only changes
-    the memory layout (speed), not the result beyond float rounding.
+    the memory layout (speed), not the result beyond float rounding. A non-finite KD loss stops the run
+    (`diverged_at_epoch`); one above 10x the first fine-tuning epoch's is flagged (`exploded_at_epoch`).
     """
     if cfg.calib_epochs < 1 or cfg.epochs <= cfg.calib_epochs:
         raise ValueError(f"need 1 <= calib_epochs < epochs, got {cfg.calib_epochs} and {cfg.epochs}")
@@ -152,85 +162,59 @@ def finetune(
     generator = torch.Generator().manual_seed(seed)
     sampler = EpochSampler(len(images), cfg.batch_size, generator)
     optimizer = make_optimizer(student, cfg)
-    history: list[dict] = []
-    seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
-    start_epoch = 0
-    sittings: list[dict] = []
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_torch(checkpoint_path)
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        history, seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
-        sampler.order, sampler.pos = state["sampler_order"], state["sampler_pos"]
-        sittings = list(state.get("sittings", []))
-        if history and history[-1].get("diverged"):
-            start_epoch = cfg.epochs  # stopped on divergence: nothing left to resume
+    schedule = MultiStepLR(optimizer, list(cfg.lr_steps), cfg.lr_decay)
 
-    if start_epoch < cfg.epochs:
-        sittings.append({**sitting(device), "first_epoch": start_epoch})
-    total_iters = cfg.epochs * cfg.iters_per_epoch
-    bar = tqdm(total=total_iters, initial=start_epoch * cfg.iters_per_epoch, desc="fine-tune", disable=not progress)
-    for epoch in range(start_epoch, cfg.epochs):
-        record: dict = {"epoch": epoch}
-        tic = time.perf_counter()
+    def train_epoch(epoch: int, bar: tqdm) -> dict:
         if epoch < cfg.calib_epochs:
-            record["phase"] = "calibration"
             calibrate(student, calibration, cfg.iters_per_epoch, on_step=bar.update)
-            seconds["calibration"] += time.perf_counter() - tic
-        else:
-            record["phase"] = "finetune"
-            lr = multi_step_lr(cfg.lr, epoch, cfg.lr_steps, cfg.lr_decay)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            sampler.new_epoch()
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.iters_per_epoch):
-                idx = sampler.next()
-                x = augment(images[idx].to(device, non_blocking=True), generator)
-                x = x.contiguous(memory_format=memory_format)
-                y = labels[idx].to(device, non_blocking=True)
-                loss, _, _ = kd_backward(student, teacher, x, y, optimizer, cfg)
-                optimizer.step()
-                loss_sum += loss.detach()
-                bar.update()
-            record["lr"] = lr
-            record["loss"] = loss_sum.item() / cfg.iters_per_epoch  # one host sync per epoch
-            record["diverged"] = not math.isfinite(record["loss"])
-            seconds["finetune"] += time.perf_counter() - tic
+            return {"epoch": epoch, "phase": "calibration"}
+        sampler.new_epoch()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(cfg.iters_per_epoch):
+            idx = sampler.next()
+            x = augment(images[idx].to(device, non_blocking=True), generator)
+            x = x.contiguous(memory_format=memory_format)
+            y = labels[idx].to(device, non_blocking=True)
+            loss, _, _ = kd_backward(student, teacher, x, y, optimizer, cfg)
+            optimizer.step()
+            loss_sum += loss.detach()
+            bar.update()
+        # one host sync per epoch
+        return {"epoch": epoch, "phase": "finetune", "lr": schedule.get_last_lr()[0],
+                "loss": loss_sum.item() / cfg.iters_per_epoch}
+
+    def evaluate_student() -> float:
+        acc = evaluate(student)
+        student.eval()
+        return acc
+
+    def should_evaluate(epoch: int, record: dict) -> bool:
         last_calibration = epoch == cfg.calib_epochs - 1
-        diverged = record.get("diverged", False)
-        if last_calibration or diverged or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
-            tic = time.perf_counter()
-            record["acc"] = evaluate(student)
-            student.eval()
-            seconds["evaluation"] += time.perf_counter() - tic
-            bar.set_postfix(epoch=epoch, acc=f"{record['acc']:.2f}")
-        history.append(record)
-        if checkpoint_path is not None and epoch >= cfg.calib_epochs - 1:
-            # Not inside calibration: the calibration source's state is not saved, so an interrupted
-            # calibration restarts from a fresh student rather than resuming in a different state.
-            save_torch(
-                {
-                    "student": student.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "history": history,
-                    "seconds": seconds,
-                    "epoch": epoch,
-                    "sampler_order": sampler.order,
-                    "sampler_pos": sampler.pos,
-                    "sittings": sittings,
-                },
-                checkpoint_path,
-            )
-        if diverged:
-            # A non-finite loss never recovers (NaN weights): stop, keep the evaluated epochs, flag it.
-            bar.write(f"fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping")
-            break
-    bar.close()
-    result = summarize(history, cfg.calib_epochs, seconds)
-    result.sittings = sittings
+        return last_calibration or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0
+
+    def state() -> dict:
+        return {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "sampler_order": sampler.order, "sampler_pos": sampler.pos,
+                "calibration": calibration.state_dict()}
+
+    def restore(blob: dict) -> None:
+        student.load_state_dict(blob["student"])
+        optimizer.load_state_dict(blob["optimizer"])
+        generator.set_state(blob["generator"])
+        sampler.order, sampler.pos = blob["sampler_order"], blob["sampler_pos"]
+        if "calibration" in blob:  # older checkpoints were written only once calibration had finished
+            calibration.load_state_dict(blob["calibration"])
+
+    loop = EpochLoop(
+        cfg.epochs, cfg.iters_per_epoch, "fine-tune", checkpoint_path, phases=("calibration", "finetune"),
+        progress=progress,
+    )
+    outcome = run_epochs(
+        loop, train_epoch, lambda epoch: "calibration" if epoch < cfg.calib_epochs else "finetune",
+        should_evaluate, evaluate_student, [schedule], state, restore, device,
+    )
+    result = summarize(outcome.history, cfg.calib_epochs, outcome.seconds)
+    result.sittings = outcome.sittings
     return result
 
 
@@ -240,12 +224,14 @@ def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float])
     after_calibration = next(h["acc"] for h in evaluated if h["epoch"] == calib_epochs - 1)
     best = max(evaluated, key=lambda h: (h["acc"], h["epoch"]))
     diverged_at = next((h["epoch"] for h in history if h.get("diverged")), None)
+    exploded_at = next((h["epoch"] for h in history if h.get("exploded")), None)
     return FinetuneResult(
         acc_after_calibration=after_calibration,
         acc_final=evaluated[-1]["acc"],
         acc_best=best["acc"],
         best_epoch=best["epoch"],
         diverged_at_epoch=diverged_at,
+        exploded_at_epoch=exploded_at,
         history=history,
         seconds=seconds,
     )

@@ -30,15 +30,17 @@ BASE_SECTIONS = ("profile", "data", "teacher", "quant")  # decide every method's
 @dataclass
 class MethodOutcome:
     """A method's numbers: test top-1 (%) after activation-range calibration only, at the final and the best
-    evaluated epoch (test-set selection, T12; None index when there is one evaluation), the epoch at which the
-    run diverged (None: it did not), seconds per phase, the per-epoch history and the method's own record fields
-    (e.g. `synthesis`, `quantization`, `squant`), which the record keeps under their names."""
+    evaluated epoch (test-set selection, T12; None index when there is one evaluation), the epochs at which the
+    run diverged (non-finite loss) or exploded (loss > 10x its first trained epoch's; None: it did not), seconds
+    per phase, the per-epoch history and the method's own record fields (e.g. `synthesis`, `quantization`,
+    `squant`), which the record keeps under their names."""
 
     after_calibration: float
     final_epoch: float
     best_epoch: float
     best_epoch_index: int | None
     diverged_at_epoch: int | None = None
+    exploded_at_epoch: int | None = None  # first epoch whose finite loss exceeded 10x the first trained epoch's
     seconds: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)

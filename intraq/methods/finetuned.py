@@ -65,7 +65,8 @@ class ImageSetMethod(Method):
         return MethodOutcome(
             after_calibration=result.acc_after_calibration, final_epoch=result.acc_final, best_epoch=result.acc_best,
             best_epoch_index=result.best_epoch, diverged_at_epoch=result.diverged_at_epoch,
-            seconds={"generation": generation_seconds, **result.seconds}, history=result.history,
+            exploded_at_epoch=result.exploded_at_epoch, seconds={"generation": generation_seconds, **result.seconds},
+            history=result.history,
             extras={
                 "synthesis": meta, "quantization": describe_quantization(student),
                 "finetune_sittings": result.sittings,

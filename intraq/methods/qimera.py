@@ -20,12 +20,16 @@ class QimeraMethod(Method):
         cfg, teacher = ctx.cfg, ctx.teacher
         student = quantize_model(teacher.model, cfg.quant).to(ctx.device).requires_grad_(True)
         tic = time.perf_counter()
-        out = run_qimera(teacher.model, student, ctx.data, cfg, ctx.device, ctx.test_accuracy, progress=ctx.progress)
+        out = run_qimera(
+            teacher.model, student, ctx.data, cfg, ctx.device, ctx.test_accuracy, progress=ctx.progress,
+            checkpoint_path=ctx.run_dir / "finetune.pt",  # removed by the pipeline once the record is written
+        )
         seconds = {"qimera_total": time.perf_counter() - tic}
         return MethodOutcome(
             after_calibration=out["acc_after_calibration"], final_epoch=out["acc_final"], best_epoch=out["acc_best"],
-            best_epoch_index=out["best_epoch"], diverged_at_epoch=out.get("diverged_at_epoch"), seconds=seconds,
-            history=out.get("history", []), extras={"quantization": describe_quantization(student)},
+            best_epoch_index=out["best_epoch"], diverged_at_epoch=out.get("diverged_at_epoch"),
+            exploded_at_epoch=out.get("exploded_at_epoch"), seconds=seconds, history=out.get("history", []),
+            extras={"quantization": describe_quantization(student), "qimera_sittings": out.get("sittings", [])},
         )
 
 

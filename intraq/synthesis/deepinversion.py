@@ -23,21 +23,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from intraq.config import LOCATION_FIELDS, RunConfig, config_hash, to_dict
 from intraq.data.base import Normalization
 from intraq.errors import UserInputError
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
-from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
+from intraq.synthesis.batches import batch_seed, frozen, state_fingerprint
+from intraq.synthesis.bn_stats import BNFeatureLoss
+from intraq.synthesis.driver import BatchCheckpoint, run_batches, run_iterations
 from intraq.synthesis.losses import adi_competition_loss
 
 METHOD = "deepinversion"
@@ -147,52 +147,6 @@ def effective_config(cfg: RunConfig, dataset_name: str, image_size: int) -> Deep
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def r_feature_term(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
-    """‖running_var - var‖₂ + ‖running_mean - mean‖₂ with the biased var over (N, H, W) of the BN input."""
-    mean = x.mean(dim=(0, 2, 3))
-    var = x.var(dim=(0, 2, 3), unbiased=False)
-    return torch.linalg.vector_norm(running_var - var) + torch.linalg.vector_norm(running_mean - mean)
-
-
-class BNFeatureLoss:
-    """Forward hooks on every BatchNorm2d: R_feature of the last forward pass, summed over layers.
-
-    Terms are indexed by module order, so the first BN *in module order* gets the multiplier even if a
-    model runs its layers in another order. Use as a context manager.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not self.layers:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm2d layer: R_feature needs one")
-        self.terms: dict[int, torch.Tensor] = {}
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
-
-    def _hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
-        def hook(module: nn.BatchNorm2d, inputs: tuple, output: torch.Tensor) -> None:
-            self.terms[index] = r_feature_term(inputs[0], module.running_mean, module.running_var)
-
-        return hook
-
-    def loss(self, first_bn_multiplier: float) -> torch.Tensor:
-        """Sum of the per-layer terms, the first ×`first_bn_multiplier`; forgets them for the next pass."""
-        if not self.terms:
-            raise RuntimeError("BNFeatureLoss.loss() called before a forward pass")
-        total = sum(term * (first_bn_multiplier if i == 0 else 1.0) for i, term in self.terms.items())
-        self.terms = {}
-        return total  # type: ignore[return-value]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def __enter__(self) -> BNFeatureLoss:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
 def _differences(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Horizontal, vertical and the two diagonal finite differences of a (B, C, H, W) batch."""
     return (
@@ -248,16 +202,29 @@ def draw_labels(mode: str, size: int, num_classes: int, generator: torch.Generat
 # ----------------------------------------------------------------------------------------------- loop
 
 
+def _draw_jitter(di: DeepInversionConfig, generator: torch.Generator) -> list[tuple[int, int, bool]]:
+    """One (dy, dx) and one flip coin per iteration, drawn in iteration order, so a run's first k iterations do
+    not depend on how many follow (drawn up front: a resumed batch redraws the same ones)."""
+    draws = []
+    for _ in range(di.iterations):
+        dy, dx = torch.randint(-di.jitter, di.jitter + 1, (2,), generator=generator).tolist()
+        flip = di.flip and bool(torch.rand((), generator=generator) < 0.5)
+        draws.append((dy, dx, flip))
+    return draws
+
+
 def _optimize_batch(
-    ctx: SynthContext, di: DeepInversionConfig, index: int, size: int, progress: tqdm
+    ctx: SynthContext, di: DeepInversionConfig, index: int, size: int, checkpoint: BatchCheckpoint, progress: tqdm
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Optimize one batch from noise; returns CPU float32 images, int64 labels and a record of the run."""
+    """Optimize one batch from noise (or from its checkpoint); returns CPU float32 images, int64 labels and a
+    record of the run."""
     start = time.perf_counter()
     device, teacher, data = ctx.device, ctx.teacher, ctx.data
     seed = batch_seed(ctx.cfg.seed, index)
     generator = torch.Generator().manual_seed(seed)
     x0 = torch.randn(size, data.channels, data.image_size, data.image_size, generator=generator)
     labels = draw_labels(di.labels, size, data.num_classes, generator)
+    jitter = _draw_jitter(di, generator)
 
     x = x0.to(device).requires_grad_(True)
     labels_d = labels.to(device)
@@ -267,17 +234,14 @@ def _optimize_batch(
     best_cost = torch.full((), math.inf, device=device)
     trace = torch.zeros(di.iterations, device=device)  # kept on the device: no host sync per iteration
     student = ctx.student if di.adi_scale != 0 else None
-    terms: dict[str, torch.Tensor] = {}
-    lr = di.lr
+    last: dict[str, Any] = {"terms": {}, "lr": di.lr}
     with BNFeatureLoss(teacher) as bnf:
-        for it in range(di.iterations):
-            # One (dy, dx) and one flip coin per iteration from the CPU generator, drawn in iteration order
-            # so a run's first k iterations do not depend on how many follow.
-            dy, dx = torch.randint(-di.jitter, di.jitter + 1, (2,), generator=generator).tolist()
-            flip = di.flip and bool(torch.rand((), generator=generator) < 0.5)
-            lr = lr_at(it, di.lr, di.iterations, di.warmup_iterations, di.lr_schedule)
+
+        def compute(it: int) -> torch.Tensor:
+            dy, dx, flip = jitter[it]
+            last["lr"] = lr_at(it, di.lr, di.iterations, di.warmup_iterations, di.lr_schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = last["lr"]
             optimizer.zero_grad(set_to_none=True)
             inputs = jitter_flip(x, dy, dx, flip)
             logits = teacher(inputs)
@@ -291,19 +255,36 @@ def _optimize_batch(
             }
             if student is not None:
                 terms["adi"] = adi_competition_loss(student(inputs), logits, di.adi_temperature, di.adi_scale)
+            last["terms"] = terms
             total = sum(terms.values())
             total.backward()
+            return total
+
+        def update(it: int, total: torch.Tensor) -> None:
             with torch.no_grad():
                 cost = total.detach()
                 trace[it] = cost
                 better = cost < best_cost  # the snapshot is the tensor this loss was measured on
-                best = torch.where(better, x.detach(), best)
-                best_cost = torch.where(better, cost, best_cost)
+                best.copy_(torch.where(better, x.detach(), best))
+                best_cost.copy_(torch.where(better, cost, best_cost))
             optimizer.step()
             if di.clip:
                 with torch.no_grad():
                     x.clamp_(low, high)
-            progress.update(1)
+
+        def snapshot(done: int) -> dict[str, Any]:
+            state = {"x": x.detach(), "best": best, "best_cost": best_cost, "trace": trace}
+            return {"iteration": done, "adam": optimizer.state[x], **state}
+
+        state = checkpoint.load()
+        if state is not None:
+            with torch.no_grad():
+                for name, tensor in (("x", x), ("best", best), ("best_cost", best_cost), ("trace", trace)):
+                    tensor.copy_(state[name])
+            optimizer.state[x] = {k: v.to(device) for k, v in state["adam"].items()}
+        start_it = 0 if state is None else state["iteration"]
+        run_iterations(start_it, di.iterations, compute, update, snapshot, checkpoint, progress)
+    terms, lr = last["terms"], last["lr"]
     with torch.no_grad():
         out = best if di.snapshot == "best" else x.detach()
         if di.clip:  # only the initial noise is out of range, and only it could be the "best" unclipped tensor
@@ -363,26 +344,14 @@ def generate_deepinversion(ctx: SynthContext, di: DeepInversionConfig | None = N
             raise ValueError("the ADI student shares modules with the teacher; pass a separate copy")
     key = cache_key(ctx, di)
     folder = Path(ctx.work_dir) / f"{METHOD}-{key}"
-    n_batches = math.ceil(di.num_images / di.batch_size)
-    sizes = [min(di.batch_size, di.num_images - k * di.batch_size) for k in range(n_batches)]
-    todo = sum(1 for k, size in enumerate(sizes) if not batch_path(folder, k, size).exists())
-    images, labels, records = [], [], []
-    reused = 0
-    progress = tqdm(
-        total=todo * di.iterations, disable=not ctx.progress, desc=f"{METHOD} synthesis", unit="it", leave=False
-    )
     student = ctx.student if di.adi_scale != 0 else None
-    with progress, frozen(ctx.teacher), frozen(student):
-        for k, size in enumerate(sizes):
-            batch_images, batch_labels, record, was_reused = load_or_make_batch(
-                batch_path(folder, k, size), size, ctx.data.channels, ctx.data.image_size,
-                lambda k=k, size=size: _optimize_batch(ctx, di, k, size, progress),
-            )
-            reused += was_reused
-            progress.set_postfix(batch=k, loss=f"{record['best_total']:.4g}", acc=f"{record['teacher_acc']:.2f}")
-            images.append(batch_images)
-            labels.append(batch_labels)
-            records.append(record)
+    with frozen(ctx.teacher), frozen(student):
+        batches = run_batches(
+            folder, di.num_images, di.batch_size, (ctx.data.channels, ctx.data.image_size),
+            lambda k, size, checkpoint, bar: _optimize_batch(ctx, di, k, size, checkpoint, bar),
+            di.iterations, f"{METHOD} synthesis", ctx.progress, postfix_loss="best_total",
+        )
+    records = batches.records
     presets = {"imagenet": DeepInversionConfig.imagenet_preset, "cifar": DeepInversionConfig.cifar_preset}
     effective = to_dict(di)
     differs = None
@@ -397,18 +366,13 @@ def generate_deepinversion(ctx: SynthContext, di: DeepInversionConfig | None = N
         "differs_from_preset": differs,  # field -> [preset value, value used]
         "clip_range": {"low": low.flatten().tolist(), "high": high.flatten().tolist()} if di.clip else None,
         "config_hash": key,
-        "cache_dir": str(folder),
         "seed": ctx.cfg.seed,
-        "num_images": di.num_images,
-        "num_batches": n_batches,
         "batch_losses": [dict(r["final_losses"], total=r["final_total"], best=r["best_total"]) for r in records],
-        "batches": records,
-        "reused_batches": reused,
-        "generation_seconds": sum(r["seconds"] for r in records),
+        **batches.meta(),
         "wall_time_s": time.perf_counter() - wall_start,
         "device": str(ctx.device),
     }
-    return SyntheticSet(images=torch.cat(images), labels=torch.cat(labels).long(), meta=meta)
+    return SyntheticSet(images=torch.cat(batches.images), labels=torch.cat(batches.labels).long(), meta=meta)
 
 
 @SYNTHESIZERS.register(METHOD)

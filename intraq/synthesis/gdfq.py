@@ -8,16 +8,19 @@ generator. The same generator, trained against the teacher alone, is also select
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from intraq.config import config_hash
+from intraq.config import LOCATION_FIELDS, config_hash, to_dict
 from intraq.data.base import DataSplits
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
+from intraq.synthesis.batches import state_fingerprint
 from intraq.synthesis.bn_stats import BNStatsLoss
+from intraq.synthesis.driver import BatchCheckpoint, run_iterations
 
 BNS_WEIGHT = 0.1  # the lineage's weight of the BN-statistics term in the generator loss
 ADAM_BETAS = (0.5, 0.999)
@@ -207,6 +210,15 @@ class GdfqCalibrationSource:
         self.last_loss = float(loss)
         return images
 
+    def state_dict(self) -> dict:
+        """Generator weights, Adam state and the RNG: a resumed run continues the same sequence exactly."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])
+
     @torch.no_grad()
     def sample(self, num_images: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`num_images` images with uniform labels, in batches (train-mode BN, as the lineage samples)."""
@@ -218,12 +230,25 @@ class GdfqCalibrationSource:
         return torch.cat(images), torch.cat(labels).long()
 
 
+def _training_key(ctx: SynthContext) -> str:
+    """Names the generator training's checkpoint: everything that decides it, the teacher's weights included."""
+    cfg = ctx.cfg
+    return config_hash({
+        "method": "gdfq", "seed": cfg.seed, "data": to_dict(cfg.data), "teacher": to_dict(cfg.teacher),
+        "synth": to_dict(cfg.synth), "gdfq": [cfg.finetune.gdfq_lr, cfg.finetune.gdfq_latent_dim],
+        "image_size": ctx.data.image_size, "num_classes": ctx.data.num_classes,
+        "teacher_state": state_fingerprint(ctx.teacher),
+    }, exclude=LOCATION_FIELDS)
+
+
 @SYNTHESIZERS.register("gdfq")
 def synthesize_gdfq(ctx: SynthContext) -> SyntheticSet:
     """Train a GDFQ generator against the teacher alone, then sample `synth.num_images` images.
 
     Generator lr and latent size come from the finetune section (gdfq_lr, gdfq_latent_dim): `synth.lr` is
-    IntraQ's image-pixel lr and meaningless for a generator.
+    IntraQ's image-pixel lr and meaningless for a generator. The training is checkpointed every
+    `driver.CHECKPOINT_SECONDS` (a generator step changes its state throughout, so an interrupt keeps the last
+    periodic checkpoint) and resumes from it exactly.
     """
     cfg, data = ctx.cfg, ctx.data
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -240,10 +265,19 @@ def synthesize_gdfq(ctx: SynthContext) -> SyntheticSet:
         conditional_bn,
         channels=data.channels,
     )
-    losses = []
-    for _ in tqdm(range(cfg.synth.iterations), desc="gdfq generator", disable=not ctx.progress):
-        losses.append(source.step()[2])
+    losses: list[torch.Tensor] = []
+    checkpoint = BatchCheckpoint(Path(ctx.work_dir) / f"gdfq-{_training_key(ctx)}.partial.pt")
+    state = checkpoint.load()
+    if state is not None:
+        source.load_state_dict(state)
+    with tqdm(total=cfg.synth.iterations, desc="gdfq generator", disable=not ctx.progress) as bar:
+        run_iterations(
+            0 if state is None else state["iteration"], cfg.synth.iterations, lambda it: None,
+            lambda it, _: losses.append(source.step()[2]), lambda done: {**source.state_dict(), "iteration": done},
+            checkpoint, bar,
+        )
     images, labels = source.sample(cfg.synth.num_images, cfg.synth.batch_size)
+    checkpoint.clear()
     meta = {
         "method": "gdfq",
         "seed": cfg.seed,

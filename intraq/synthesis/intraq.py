@@ -14,7 +14,6 @@ never from other runs' files (trap T6).
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,9 +26,10 @@ from intraq.config import LOCATION_FIELDS, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.results import sitting
 from intraq.synthesis.base import SYNTHESIZERS, SynthContext, SyntheticSet
-from intraq.synthesis.batches import batch_path, batch_seed, frozen, load_or_make_batch, state_fingerprint
+from intraq.synthesis.batches import batch_seed, frozen, state_fingerprint
 from intraq.synthesis.bn_stats import BNStatsLoss
 from intraq.synthesis.centers import ClassCenters
+from intraq.synthesis.driver import BatchCheckpoint, run_batches, run_iterations
 from intraq.synthesis.lor import LORSettings, apply_affine, sample_lor_schedule
 from intraq.synthesis.losses import adi_competition_loss, draw_sil_targets, mdc_loss, target_loss
 from intraq.synthesis.plateau import DevicePlateau
@@ -69,9 +69,11 @@ def _optimize_batch(
     index: int,
     size: int,
     centers: ClassCenters | None,
+    checkpoint: BatchCheckpoint,
     progress: tqdm,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Optimize one batch from scratch; returns CPU float32 images, int64 labels and a record of the run."""
+    """Optimize one batch from noise (or from its checkpoint); returns CPU float32 images, int64 labels and a
+    record of the run."""
     start = time.perf_counter()
     device, teacher, data = ctx.device, ctx.teacher, ctx.data
     side = data.image_size
@@ -127,16 +129,33 @@ def _optimize_batch(
                 )
             return terms
 
-        compute = torch.compile(loss_terms) if ctx.compile else loss_terms
-        for it in range(settings.iterations):
+        compute_terms = torch.compile(loss_terms) if ctx.compile else loss_terms
+        last: dict[str, dict[str, torch.Tensor]] = {"terms": {}}
+
+        def compute(it: int) -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             inputs = apply_affine(x, thetas_d[it], zero_outside) if coins[it] else x
-            terms = compute(inputs.contiguous(memory_format=memory_format))
-            total = sum(terms.values())
+            last["terms"] = compute_terms(inputs.contiguous(memory_format=memory_format))
+            total = sum(last["terms"].values())
             total.backward()
+            return total
+
+        def update(it: int, total: torch.Tensor) -> None:
             optimizer.step()
             scheduler.step(total)  # on device: no host sync inside the loop (T8 schedule unchanged)
-            progress.update(1)
+
+        def snapshot(done: int) -> dict[str, Any]:
+            return {"iteration": done, "x": x.detach(), "adam": optimizer.state[x], "plateau": scheduler.state_dict()}
+
+        state = checkpoint.load()
+        if state is not None:
+            with torch.no_grad():
+                x.copy_(state["x"])
+            optimizer.state[x] = {k: v.to(device) for k, v in state["adam"].items()}
+            scheduler.load_state_dict(state["plateau"])
+        start_it = 0 if state is None else state["iteration"]
+        run_iterations(start_it, settings.iterations, compute, update, snapshot, checkpoint, progress)
+        terms = last["terms"]
     with torch.no_grad():
         teacher_acc = (teacher(x).argmax(1) == labels_d).float().mean()
     record: dict[str, Any] = {
@@ -176,57 +195,34 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
             raise ValueError("the ADI student shares modules with the teacher; pass a separate copy")
     key = cache_key(ctx, method, settings)
     folder = Path(ctx.work_dir) / f"{method}-{key}"
-    n, bsz = s.num_images, s.batch_size
-    n_batches = math.ceil(n / bsz)
-    sizes = [min(bsz, n - k * bsz) for k in range(n_batches)]
-    todo = sum(1 for k, size in enumerate(sizes) if not batch_path(folder, k, size).exists())
     centers = ClassCenters(ctx.data.num_classes) if settings.mdc else None
-    images, labels, records = [], [], []
-    reused = 0
-    progress = tqdm(
-        total=todo * s.iterations,
-        disable=not ctx.progress,
-        desc=f"{method} synthesis",
-        unit="it",
-        leave=False,
-    )
     if ctx.channels_last:  # weights in NHWC too, so oneDNN/cuDNN pick their channels-last kernels
         ctx.teacher.to(memory_format=torch.channels_last)
         if ctx.student is not None:
             ctx.student.to(memory_format=torch.channels_last)
-    with progress, frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
-        for k, size in enumerate(sizes):
-            batch_images, batch_labels, record, was_reused = load_or_make_batch(
-                batch_path(folder, k, size), size, ctx.data.channels, ctx.data.image_size,
-                lambda k=k, size=size: _optimize_batch(ctx, settings, k, size, centers, progress),
-            )
-            reused += was_reused
-            progress.set_postfix(batch=k, loss=f"{record['final_total']:.4g}", acc=f"{record['teacher_acc']:.2f}")
-            if centers is not None and k < n_batches - 1:
-                centers.add_images(ctx.teacher, batch_images.to(ctx.device), batch_labels)
-            images.append(batch_images)
-            labels.append(batch_labels)
-            records.append(record)
+    with frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
+        batches = run_batches(
+            folder, s.num_images, s.batch_size, (ctx.data.channels, ctx.data.image_size),
+            lambda k, size, checkpoint, bar: _optimize_batch(ctx, settings, k, size, centers, checkpoint, bar),
+            s.iterations, f"{method} synthesis", ctx.progress,
+            before_next=None if centers is None else lambda x, y: centers.add_images(ctx.teacher, x.to(ctx.device), y),
+        )
+    records = batches.records
     meta: dict[str, Any] = {
+        **batches.meta(),
         "method": method,
         "config_hash": key,
-        "cache_dir": str(folder),
         "seed": cfg.seed,
-        "num_images": n,
-        "num_batches": n_batches,
         "effective": settings.to_dict(),
         "lor_ops": list(settings.lor_ops),
         "rotation_degrees": settings.rotation_degrees,
         "batch_losses": [dict(r["final_losses"], total=r["final_total"]) for r in records],
-        "batches": records,
-        "reused_batches": reused,
-        "generation_seconds": sum(r["seconds"] for r in records),
         "wall_time_s": time.perf_counter() - wall_start,
         "device": str(ctx.device),
     }
     if method == "adi":
         meta["adi_student"] = s.adi_student
-    return SyntheticSet(images=torch.cat(images), labels=torch.cat(labels).long(), meta=meta)
+    return SyntheticSet(images=torch.cat(batches.images), labels=torch.cat(batches.labels).long(), meta=meta)
 
 
 @SYNTHESIZERS.register("intraq")

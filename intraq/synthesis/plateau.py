@@ -48,3 +48,11 @@ class DevicePlateau:
     def current_lr(self) -> float:
         """The lr as a float (a host sync: for logging only)."""
         return float(self.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"lr": self.lr, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copied into the existing tensors: the optimizer keeps reading the same lr tensor."""
+        for name in ("lr", "best", "bad"):
+            getattr(self, name).copy_(state[name])
