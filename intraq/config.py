@@ -21,9 +21,18 @@ from intraq.errors import UserInputError
 class DataConfig:
     """Which data set, and where the user keeps it (not needed for the embedded `digits`)."""
 
-    name: str = "digits"
+    name: str = "digits"  # the data set's name (results and reports are named by it)
     root: str | None = None  # cifar10: torchvision folder, ImageFolder tree or the .tar.gz; imagenet: ImageFolder tree
     cache_dir: str | None = None  # decoded uint8 tensors; default <artifacts>/cache
+    # The reader: digits | cifar10 | imagenet | image-folder (any ImageFolder tree); default: `name` itself.
+    loader: str | None = None
+    # image-folder only (None: read from the files): class count, 1 or 3 channels, a square side to resize to,
+    # and the normalization (default: mean and std of the train split, computed once and cached).
+    num_classes: int | None = None
+    channels: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -156,6 +165,12 @@ class RunConfig:
 
 # Fields that say where things are, not what is computed: left out of every hash.
 LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher.auto_train"}
+# Fields added after results were published, left out of a hash while they hold these defaults, so every
+# earlier case keeps its name; set to anything else, they name a different case.
+LATER_FIELDS: dict[str, Any] = {
+    "data.loader": None, "data.num_classes": None, "data.channels": None, "data.resize": None, "data.mean": None,
+    "data.std": None,
+}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -166,13 +181,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def config_hash(obj: Any, exclude: set[str] = LOCATION_FIELDS, length: int = 12) -> str:
     """Stable short sha256 of a config (dataclass or dict), ignoring location fields."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else json.loads(json.dumps(obj))
-    for dotted in exclude:
+    for dotted in (*exclude, *LATER_FIELDS):
         parts = dotted.split(".")
         node = data
         for part in parts[:-1]:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(parts[-1], None)
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue
+        if dotted in exclude or node[parts[-1]] == LATER_FIELDS[dotted]:
+            node.pop(parts[-1])
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

@@ -112,7 +112,7 @@ def make_calibration_source(
         return GdfqCalibrationSource(
             teacher=teacher, num_classes=data.num_classes, image_size=data.image_size, latent_dim=ft.gdfq_latent_dim,
             lr=ft.gdfq_lr, batch_size=ft.calib_batch_size, device=device, generator=generator,
-            conditional_bn=data.name == "imagenet",
+            channels=data.channels, conditional_bn=data.name == "imagenet",
         )
     if ft.calib_source == "train":
         if images is None:
@@ -270,6 +270,7 @@ def run_case(
             "best_epoch": "best test top-1 over evaluated epochs incl. calibration epochs (test-set selection, T12)",
         },
         "teacher": teacher.info,
+        "data_identity": data.identity,  # name + content hash: which data the numbers come from
         "config": to_dict(cfg),
         "relevant_config": relevant_config(cfg),
         "seconds": seconds,

@@ -82,7 +82,7 @@ def get_teacher(
     """The teacher in eval mode with frozen parameters, and what we know of it (incl. measured test top-1)."""
     if cfg.source == "local":
         path = local_checkpoint_path(cfg, data.name, artifacts)
-        model = build_model(cfg.name, data.num_classes)
+        model = build_model(cfg.name, data.num_classes, data.channels)
         if not path.exists():
             if not cfg.auto_train:
                 raise UserInputError(
