@@ -110,9 +110,10 @@ def _measured_accuracy(
 ) -> float:
     """Test top-1 of this exact teacher on this data set, measured once and cached by weights hash."""
     key = info.get("sha256") or info.get("weights") or info.get("pytorchcv_model")
-    cache = artifacts / "teachers" / f"eval-{config_hash({'key': key, 'data': data.name})}.json"
+    data_id = data.identity or data.name  # two data sets of one name never share a measured accuracy
+    cache = artifacts / "teachers" / f"eval-{config_hash({'key': key, 'data': data_id})}.json"
     if cache.exists():
         return float(load_json(cache)["test_top1"])
     accuracy = evaluate(model, data.test, device=device, progress=progress)
-    save_json({"key": key, "data": data.name, "test_top1": accuracy}, cache)
+    save_json({"key": key, "data": data_id, "test_top1": accuracy}, cache)
     return accuracy
