@@ -146,6 +146,10 @@ class SquantConfig:
     act_sigma: float = 12.0  # -s in the official scripts (12 for 4-bit)
     last_layer_input_bits: int = 8
     noise_batch: int = 256
+    # Where activations are quantized. squant: SQuant's own protocol (every Conv2d/Linear input but the first,
+    # the FC input at last_layer_input_bits). lineage: the IntraQ/Qimera/GDFQ places (every ReLU output at
+    # quant.act_bits; image, BN and pooled FC input not re-quantized), for a like-for-like comparison.
+    protocol: str = "squant"
 
 
 @dataclass
@@ -169,7 +173,7 @@ LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher
 # earlier case keeps its name; set to anything else, they name a different case.
 LATER_FIELDS: dict[str, Any] = {
     "data.loader": None, "data.num_classes": None, "data.channels": None, "data.resize": None, "data.mean": None,
-    "data.std": None,
+    "data.std": None, "squant.protocol": "squant",
 }
 
 
