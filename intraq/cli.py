@@ -24,7 +24,9 @@ EMBEDDED_DATA = ("digits",)  # data sets shipped inside the package: they take n
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES.names())} (default smoke)")
+    parser.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES.names())} (default smoke)")
+    parser.add_argument("--config", default=None, metavar="FILE.toml",
+                        help="a study file instead of a profile (`intraq profiles --show smoke` prints one)")
     parser.add_argument("--seed", type=int, default=None, help="case seed (default: the profile's, 0)")
     parser.add_argument("--data-root", default=None, help="CIFAR-10 folder/archive or ImageNet tree (data.root)")
     parser.add_argument(
@@ -40,7 +42,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, method: str | None = None) -> RunConfig:
-    cfg = get_profile(args.profile)
+    if args.config and args.profile:
+        raise UserInputError("give --profile or --config, not both (a study file names its own profile)")
+    if args.config:
+        from intraq.config_file import load_config_file
+
+        cfg = load_config_file(args.config)
+    else:
+        cfg = get_profile(args.profile or "smoke")
     overrides = list(args.overrides)
     if method is not None:
         overrides.insert(0, f"synth.method={method}")
@@ -69,6 +78,11 @@ def _setup(args: argparse.Namespace) -> torch.device:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
+    if args.show:
+        from intraq.config_file import to_toml
+
+        print(to_toml(get_profile(args.show)), end="")
+        return 0
     for name in PROFILES.names():
         doc = (PROFILES.get(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}")
@@ -228,7 +242,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profiles", help="list the profiles")
+    p = sub.add_parser("profiles", help="list the profiles, or print one as a study file")
+    p.add_argument("--show", default=None, metavar="NAME", help="print profile NAME as a TOML study file")
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("methods", help="list the methods (--method)")

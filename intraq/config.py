@@ -22,9 +22,18 @@ from intraq.errors import UserInputError
 class DataConfig:
     """Which data set, and where the user keeps it (not needed for the embedded `digits`)."""
 
-    name: str = "digits"
+    name: str = "digits"  # the data set's name (results and reports are named by it)
     root: str | None = None  # cifar10: torchvision folder, ImageFolder tree or the .tar.gz; imagenet: ImageFolder tree
     cache_dir: str | None = None  # decoded uint8 tensors; default <artifacts>/cache
+    # The reader: digits | cifar10 | imagenet | image-folder (any ImageFolder tree); default: `name` itself.
+    loader: str | None = None
+    # image-folder only (None: read from the files): class count, 1 or 3 channels, a square side to resize to,
+    # and the normalization (default: mean and std of the train split, computed once and cached).
+    num_classes: int | None = None
+    channels: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -144,6 +153,10 @@ class SquantConfig:
     act_sigma: float = 12.0  # -s in the official scripts (12 for 4-bit)
     last_layer_input_bits: int = 8
     noise_batch: int = 256
+    # Where activations are quantized. squant: SQuant's own protocol (every Conv2d/Linear input but the first,
+    # the FC input at last_layer_input_bits). lineage: the IntraQ/Qimera/GDFQ places (every ReLU output at
+    # quant.act_bits; image, BN and pooled FC input not re-quantized), for a like-for-like comparison.
+    protocol: str = "squant"
 
 
 @dataclass
@@ -163,6 +176,12 @@ class RunConfig:
 
 # Fields that say where things are, not what is computed: left out of every hash.
 LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher.auto_train"}
+# Fields added after results were published, left out of a hash while they hold these defaults, so every
+# earlier case keeps its name; set to anything else, they name a different case.
+LATER_FIELDS: dict[str, Any] = {
+    "data.loader": None, "data.num_classes": None, "data.channels": None, "data.resize": None, "data.mean": None,
+    "data.std": None, "squant.protocol": "squant",
+}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -173,13 +192,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def config_hash(obj: Any, exclude: set[str] = LOCATION_FIELDS, length: int = 12) -> str:
     """Stable short sha256 of a config (dataclass or dict), ignoring location fields."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else json.loads(json.dumps(obj))
-    for dotted in exclude:
+    for dotted in (*exclude, *LATER_FIELDS):
         parts = dotted.split(".")
         node = data
         for part in parts[:-1]:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(parts[-1], None)
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue
+        if dotted in exclude or node[parts[-1]] == LATER_FIELDS[dotted]:
+            node.pop(parts[-1])
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

@@ -65,7 +65,7 @@ def make_calibration_source(
         return GdfqCalibrationSource(
             teacher=teacher, num_classes=data.num_classes, image_size=data.image_size, latent_dim=ft.gdfq_latent_dim,
             lr=ft.gdfq_lr, batch_size=ft.calib_batch_size, device=device, generator=generator,
-            conditional_bn=data.name == "imagenet",
+            channels=data.channels, conditional_bn=data.name == "imagenet",
         )
     if images is None:
         raise ValueError("calib_source=train needs the image set")

@@ -25,6 +25,7 @@ from intraq.artifacts import artifacts_root, remove_artifact
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
+from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.image_sets import (  # noqa: F401  (importable from here as before)
     calibrated_student,
@@ -82,6 +83,16 @@ def _stored_result_is_current(record: RunRecord, cfg: RunConfig, paths: RunPaths
     return read_sidecar(checkpoint).get("sha256") == record.teacher.get("sha256")
 
 
+def _refuse_other_data(stored: RunRecord, identity: str, path: Path) -> None:
+    """A stored result of other data is never returned for this data, nor overwritten by it (even with force)."""
+    if stored.data_identity != identity:
+        raise UserInputError(
+            f"{path} holds a result on data {stored.data_identity}, but this run's data is {identity} (same name "
+            "and settings, other content): give this study its own profile name (profile = ... in a --config file) "
+            "or its own --results folder, so that the two never mix"
+        )
+
+
 def run_case_record(
     cfg: RunConfig,
     paths: RunPaths | None = None,
@@ -97,8 +108,13 @@ def run_case_record(
     device = device or pick_device()
     name = case_hash(cfg)
     out = result_path(paths.results, cfg.profile, name, cfg.seed)
-    if out.exists() and not force:
-        stored = read_result(out)
+    stored = read_result(out) if out.exists() else None
+    tic = time.perf_counter()
+    data = None
+    if stored is not None and stored.data_identity is not None:
+        data = build_data(cfg.data)
+        _refuse_other_data(stored, data.identity, out)
+    if stored is not None and not force:
         if _stored_result_is_current(stored, cfg, paths):
             return stored
         warnings.warn(f"{out} was made with another teacher checkpoint; recomputing it", stacklevel=3)
@@ -106,8 +122,7 @@ def run_case_record(
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
 
-    tic = time.perf_counter()
-    data = build_data(cfg.data)
+    data = data or build_data(cfg.data)
     seconds["data"] = time.perf_counter() - tic
     tic = time.perf_counter()
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress)
@@ -131,7 +146,7 @@ def run_case_record(
             "diverged_at_epoch": outcome.diverged_at_epoch, "exploded_at_epoch": outcome.exploded_at_epoch,
             "teacher": teacher.info["test_top1"],
         },
-        accuracy_notes=dict(ACCURACY_NOTES), teacher=teacher.info, config=to_dict(cfg),
+        accuracy_notes=dict(ACCURACY_NOTES), teacher=teacher.info, data_identity=data.identity, config=to_dict(cfg),
         relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(), machine=machine_info(device),
         started=started, finished=now_utc(), intraq_bench_version=intraq.__version__, command=" ".join(sys.argv),
         history=outcome.history, extras=outcome.extras,

@@ -142,6 +142,7 @@ class RunRecord:
     intraq_bench_version: str | None = None
     command: str | None = None
     git_commit_note: str | None = None  # a later explanation of the commit (e.g. why it reads +dirty)
+    data_identity: str | None = None  # the data's name + content hash (records before it existed have none)
     history: list[dict[str, Any]] | None = None  # per evaluated epoch
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -172,7 +173,7 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, with the field names of every record written so far (extras at the top level)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
-        for optional in ("git_commit_note", "history"):
+        for optional in ("git_commit_note", "history", "data_identity"):
             if out[optional] is None:
                 del out[optional]
         return {**out, **self.extras}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import intraq.data.cifar10 as cifar10
+import intraq.data.image_folder as image_folder
 from intraq.config import DataConfig
 from intraq.data import build_data
 from intraq.data.base import TensorImageDataset
@@ -234,7 +234,7 @@ def test_cache_is_reused_and_keyed_on_the_source(tmp_path: Path, monkeypatch: py
     first = build_cifar10(cfg)
     (cache_file,) = (tmp_path / "cache").glob("cifar10-*.pt")
     with monkeypatch.context() as patch:
-        patch.setattr(cifar10, "decode_image", _fail_decode)
+        patch.setattr(image_folder, "decode_image", _fail_decode)
         second = build_cifar10(cfg)
     assert torch.equal(first.train.images, second.train.images)
     # A changed source (a new file here) must not reuse the old cache.

@@ -284,3 +284,39 @@ def test_end_to_end_digits_cnn() -> None:
     assert stats["layers"][first_name]["input_alpha"] is None
     assert stats["total_seconds"] >= stats["weight_seconds"] > 0
     assert torch.equal(model.features.init_block[0].weight, conv.weight)  # the original is untouched
+
+
+def test_lineage_protocol_quantizes_every_relu_output_and_no_layer_input() -> None:
+    """SQuant in the lineage's protocol: the same weights, activations at the lineage's places (methods §1.1)."""
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10).eval()
+    own, _ = squant_quantize(model, QuantConfig(4, 4), SquantConfig(noise_batch=8), image_size=16)
+    lineage, stats = squant_quantize(
+        model, QuantConfig(4, 4), SquantConfig(noise_batch=8, protocol="lineage"), image_size=16
+    )
+    wrapped = [m for m in lineage.modules() if isinstance(m, SquantConv2d | SquantLinear)]
+    assert not any(m.act.enabled for m in wrapped)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    pairs = [m for m in lineage.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+             and isinstance(m[0], nn.ReLU) and isinstance(m[1], InputQuantizer)]
+    assert len(pairs) == len(relus) == len(stats["relu_output_alphas"]) > 0
+    assert all(q.enabled and q.bits == 4 and bool(q.calibrated) and not bool(q.signed) for _, q in pairs)
+    own_weights = [m.weight for m in own.modules() if isinstance(m, SquantConv2d | SquantLinear)]
+    assert all(torch.equal(a.weight, b) for a, b in zip(wrapped, own_weights, strict=True))
+    # Every ReLU output lies on its 4-bit grid [0, alpha] (16 levels); the FC input is their pooled mean.
+    seen: list[torch.Tensor] = []
+    hooks = [q.register_forward_hook(lambda _m, _i, out: seen.append(out)) for _, q in pairs]
+    x = torch.rand(2, 3, 16, 16)
+    lineage(x)
+    for hook in hooks:
+        hook.remove()
+    for (_, q), out in zip(pairs, seen, strict=True):
+        levels = out * 15 / q.alpha
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and out.unique().numel() <= 16
+    assert stats["protocol"] == "lineage" and stats["last_layer_input_bits"] is None
+
+
+def test_unknown_protocol_rejected() -> None:
+    model = build_model("digits_cnn", 10).eval()
+    with pytest.raises(UserInputError, match="squant.protocol"):
+        squant_quantize(model, QuantConfig(4, 4), SquantConfig(protocol="nosuch"), image_size=16)

@@ -19,6 +19,9 @@ seconds on a CPU instead of the official Python fallback's loops over (oc, ic):
   the last layer's input is quantized at `last_layer_input_bits` (8), and every weight (first and last
   included) is at `weight_bits`. First/last are taken in module registration order, like the official
   `set_first_last_layer`.
+* `protocol=lineage` keeps SQuant's weights and its data-free range rule but quantizes activations where the
+  IntraQ lineage does (methods §1.1): after every ReLU at `act_bits`, no quantizer at Conv2d/Linear inputs, so
+  the image and the pooled FC input are not re-quantized. This is the like-for-like row of the comparison.
 * The returned model is inference-only: quantized weights are buffers, the fake quantizers have no gradient.
 """
 
@@ -36,6 +39,7 @@ from intraq.config import QuantConfig, SquantConfig
 from intraq.errors import UserInputError
 
 MODES = ("squant-e", "squant-k", "squant-c", "squant")
+PROTOCOLS = ("squant", "lineage")
 
 
 # --------------------------------------------------------------------------------------------------- rounding
@@ -265,6 +269,19 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _quantize_relu_outputs(module: nn.Module, bits: int, sigma: float, memo: dict[int, nn.Module]) -> None:
+    """Follow every ReLU/ReLU6 by an InputQuantizer (the lineage's places); a shared ReLU stays shared."""
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        if isinstance(child, (nn.ReLU, nn.ReLU6)):
+            if id(child) not in memo:
+                memo[id(child)] = nn.Sequential(child, InputQuantizer(bits, sigma, enabled=True))
+            setattr(module, name, memo[id(child)])
+        else:
+            _quantize_relu_outputs(child, bits, sigma, memo)
+
+
 def quantize_weights(
     model: nn.Module, quant: QuantConfig, cfg: SquantConfig
 ) -> tuple[nn.Module, dict[str, dict[str, Any]]]:
@@ -274,6 +291,9 @@ def quantize_weights(
     """
     if cfg.mode not in MODES:
         raise UserInputError(f"unknown SQuant mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
+    if cfg.protocol not in PROTOCOLS:
+        raise UserInputError(f"unknown squant.protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    lineage = cfg.protocol == "lineage"
     qmodel = copy.deepcopy(model)
     names = [n for n, m in qmodel.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if not names:
@@ -283,20 +303,23 @@ def quantize_weights(
         layer = qmodel.get_submodule(name)
         weight, stats = quantize_weight(layer.weight, quant.weight_bits, cfg.mode)
         bits = cfg.last_layer_input_bits if i == len(names) - 1 else quant.act_bits
-        act = InputQuantizer(bits, cfg.act_sigma, enabled=i > 0)
+        act = InputQuantizer(bits, cfg.act_sigma, enabled=i > 0 and not lineage)
         if isinstance(layer, nn.Conv2d):
             wrapped: nn.Module = SquantConv2d(layer, weight, act)
         else:
             wrapped = SquantLinear(layer, weight, act)
         _set_submodule(qmodel, name, wrapped)
-        layers[name] = {**stats, "input_bits": bits if i > 0 else None}
+        layers[name] = {**stats, "input_bits": bits if act.enabled else None}
+    if lineage:
+        _quantize_relu_outputs(qmodel, quant.act_bits, cfg.act_sigma, {})
     for p in qmodel.parameters():
         p.requires_grad_(False)
     return qmodel, layers
 
 
 def squant_quantize(
-    model: nn.Module, quant: QuantConfig, cfg: SquantConfig, image_size: int, generator_seed: int = 0
+    model: nn.Module, quant: QuantConfig, cfg: SquantConfig, image_size: int, generator_seed: int = 0,
+    channels: int = 3,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """SQuant PTQ of a copy of `model`: round all weights, then one noise forward sets the input ranges.
 
@@ -309,18 +332,22 @@ def squant_quantize(
     qmodel.eval()
     device = next((t.device for t in qmodel.state_dict().values()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(generator_seed)
-    noise = torch.rand(cfg.noise_batch, 3, image_size, image_size, generator=generator).to(device)
+    noise = torch.rand(cfg.noise_batch, channels, image_size, image_size, generator=generator).to(device)
     with torch.no_grad():
         qmodel(noise)
     for name, info in layers.items():
         act = qmodel.get_submodule(name).act
         info["input_alpha"] = float(act.alpha) if act.enabled else None
         info["input_signed"] = bool(act.signed) if act.enabled else None
+    relu_quantizers = [m[1] for m in qmodel.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+                       and isinstance(m[1], InputQuantizer)]
     stats = {
         "mode": cfg.mode,
+        "protocol": cfg.protocol,
+        "relu_output_alphas": [float(q.alpha) for q in relu_quantizers],
         "weight_bits": quant.weight_bits,
         "act_bits": quant.act_bits,
-        "last_layer_input_bits": cfg.last_layer_input_bits,
+        "last_layer_input_bits": None if cfg.protocol == "lineage" else cfg.last_layer_input_bits,
         "act_sigma": cfg.act_sigma,
         "layers": layers,
         "flips": sum(info["flips"] for info in layers.values()),

@@ -70,3 +70,5 @@ class DataSplits:
     image_size: int
     channels: int = 3
     class_names: list[str] = field(default_factory=list)
+    # Name + content hash (pixels, labels, classes): results of two data sets never share a name.
+    identity: str = ""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from intraq.config import DataConfig
 from intraq.data.base import DataSplits, Normalization, TensorImageDataset
+from intraq.data.image_folder import content_identity
 
 IMAGE_SIZE = 16  # 8x8 upsampled 2x: enough room for LOR crops and two stride-2 stages
 TEST_FRACTION = 0.2
@@ -35,6 +36,10 @@ def build_digits(cfg: DataConfig) -> DataSplits:
     mean = tuple(float(v) for v in train_float.mean(dim=(0, 2, 3)))
     std = tuple(float(v) for v in train_float.std(dim=(0, 2, 3)))
     norm = Normalization(mean=mean, std=std)
+    split = {
+        "train_images": images[train_idx], "train_labels": labels[train_idx], "test_images": images[test_idx],
+        "test_labels": labels[test_idx], "class_names": [str(i) for i in range(10)],
+    }
     return DataSplits(
         name="digits",
         train=TensorImageDataset(images[train_idx], labels[train_idx], norm),
@@ -43,4 +48,5 @@ def build_digits(cfg: DataConfig) -> DataSplits:
         norm=norm,
         image_size=IMAGE_SIZE,
         class_names=[str(i) for i in range(10)],
+        identity=content_identity("digits", split),
     )

@@ -12,7 +12,8 @@ from torchvision.datasets import ImageFolder
 
 from intraq.config import DataConfig
 from intraq.data.base import DataSplits, Normalization
-from intraq.data.cache import describe_dir, is_hidden, is_image_name, require_root
+from intraq.data.cache import describe_dir, is_hidden, is_image_name, require_root, tree_stats
+from intraq.data.image_folder import tree_identity
 from intraq.errors import UserInputError
 
 IMAGENET_NORM = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -92,4 +93,6 @@ def build_imagenet(cfg: DataConfig) -> DataSplits:
         norm=IMAGENET_NORM,
         image_size=IMAGE_SIZE,
         class_names=list(train.classes),
+        identity=tree_identity("imagenet", [(f"{d.name}/{rel}", size) for d in (train_dir, val_dir)
+                                            for rel, size, _ in tree_stats(d, is_image_name)]),
     )

@@ -18,7 +18,9 @@ class SquantMethod(Method):
 
         cfg = ctx.cfg
         tic = time.perf_counter()
-        student, stats = squant_quantize(ctx.teacher.model, cfg.quant, cfg.squant, ctx.data.image_size, cfg.seed)
+        student, stats = squant_quantize(
+            ctx.teacher.model, cfg.quant, cfg.squant, ctx.data.image_size, cfg.seed, ctx.data.channels
+        )
         seconds = {"quantization": time.perf_counter() - tic}
         tic = time.perf_counter()
         acc = ctx.test_accuracy(student.to(ctx.device))

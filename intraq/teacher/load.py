@@ -88,7 +88,7 @@ def get_teacher(
     """The teacher in eval mode with frozen parameters, and what we know of it (incl. measured test top-1)."""
     if cfg.source == "local":
         path = local_checkpoint_path(cfg, data.name, artifacts)
-        model = build_model(cfg.name, data.num_classes)
+        model = build_model(cfg.name, data.num_classes, data.channels)
         if not path.exists():
             if cfg.checkpoint:  # an explicit path is never trained into silently: a typo would make a new teacher
                 raise UserInputError(
@@ -122,9 +122,10 @@ def _measured_accuracy(
 ) -> float:
     """Test top-1 of this exact teacher on this data set, measured once and cached by weights hash."""
     key = info.get("sha256") or info.get("weights") or info.get("pytorchcv_model")
-    cache = artifacts / "teachers" / f"eval-{config_hash({'key': key, 'data': data.name})}.json"
+    data_id = data.identity or data.name  # two data sets of one name never share a measured accuracy
+    cache = artifacts / "teachers" / f"eval-{config_hash({'key': key, 'data': data_id})}.json"
     if cache.exists():
         return float(load_json(cache)["test_top1"])
     accuracy = evaluate(model, data.test, device=device, progress=progress)
-    save_json({"key": key, "data": data.name, "test_top1": accuracy}, cache)
+    save_json({"key": key, "data": data_id, "test_top1": accuracy}, cache)
     return accuracy

@@ -47,9 +47,9 @@ class CifarResNet(nn.Module):
 
     feature_module_name = "features.final_pool"
 
-    def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        layers: dict[str, nn.Module] = {"init_block": conv_bn_relu(3, widths[0])}
+        layers: dict[str, nn.Module] = {"init_block": conv_bn_relu(in_channels, widths[0])}
         cin = widths[0]
         for i, width in enumerate(widths):
             first_stride = 2 if i > 0 else 1
@@ -72,9 +72,9 @@ class CifarResNet(nn.Module):
 
 
 @MODELS.register("resnet20")
-def resnet20(num_classes: int = 10) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-20: 3 stages x 3 basic blocks, 16/32/64 channels, 64-d feature (0.27M parameters)."""
-    return CifarResNet(3, (16, 32, 64), num_classes)
+    return CifarResNet(3, (16, 32, 64), num_classes, in_channels)
 
 
 class DigitsCNN(nn.Module):
@@ -82,10 +82,10 @@ class DigitsCNN(nn.Module):
 
     feature_module_name = "features.final_pool"
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential()
-        self.features.add_module("init_block", conv_bn_relu(3, 16))
+        self.features.add_module("init_block", conv_bn_relu(in_channels, 16))
         self.features.add_module("stage1", nn.Sequential(conv_bn_relu(16, 32, 2), conv_bn_relu(32, 32)))
         self.features.add_module("stage2", nn.Sequential(conv_bn_relu(32, 64, 2), conv_bn_relu(64, 64)))
         self.features.add_module("final_pool", nn.AdaptiveAvgPool2d(1))
@@ -96,8 +96,8 @@ class DigitsCNN(nn.Module):
 
 
 @MODELS.register("digits_cnn")
-def digits_cnn(num_classes: int = 10) -> nn.Module:
-    return DigitsCNN(num_classes)
+def digits_cnn(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return DigitsCNN(num_classes, in_channels)
 
 
 class _TorchvisionBlock(nn.Module):
@@ -129,14 +129,18 @@ def split_shared_relus(model: nn.Module) -> nn.Module:
 
 
 @MODELS.register("resnet18")
-def resnet18(num_classes: int = 1000) -> nn.Module:
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """torchvision's ResNet-18 (random init; weights come from a file or the weight enum, see teacher.load)."""
     from torchvision.models import resnet18 as tv_resnet18
 
-    model = split_shared_relus(tv_resnet18(num_classes=num_classes))
+    model = tv_resnet18(num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model = split_shared_relus(model)
     model.feature_module_name = "avgpool"
     return model
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    return MODELS.get(name)(num_classes)
+def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A registered architecture for the data's class count and channels (1 for grayscale, 3 for RGB)."""
+    return MODELS.get(name)(num_classes, in_channels)

@@ -73,7 +73,7 @@ def train_teacher(
             "pretrained teacher (teacher.source=torchvision or pytorchcv, or teacher.checkpoint=FILE)"
         )
     torch.manual_seed(seed)
-    model = build_model(cfg.name, data.num_classes).to(device)
+    model = build_model(cfg.name, data.num_classes, data.channels).to(device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.train_lr, momentum=cfg.train_momentum, nesterov=True,
@@ -81,6 +81,12 @@ def train_teacher(
     )
     n = len(data.train)
     steps_per_epoch = n // cfg.train_batch_size
+    if steps_per_epoch < 1 or cfg.train_epochs < 1:
+        raise UserInputError(
+            f"the teacher recipe needs at least one epoch of full batches: {n} train images, "
+            f"teacher.train_batch_size={cfg.train_batch_size}, teacher.train_epochs={cfg.train_epochs}; "
+            "lower the batch size or add images"
+        )
     total_steps = cfg.train_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))

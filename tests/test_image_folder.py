@@ -1,0 +1,165 @@
+"""A user's own ImageFolder data set (`data.loader=image-folder`): any size, 1 or 3 channels, any class count."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from intraq.config import DataConfig, RunConfig, config_hash, from_dict
+from intraq.data import build_data
+from intraq.errors import UserInputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_tree(root: Path, side: int, classes: int, per_class: int, grey: bool, seed: int = 0,
+              test_name: str = "test") -> None:
+    """train/ and test/ (or val/) with `per_class` random PNGs per class folder c000, c001, ..."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", test_name):
+        for c in range(classes):
+            folder = root / split / f"c{c:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                shape = (side, side) if grey else (side, side, 3)
+                pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+                Image.fromarray(pixels, mode="L" if grey else "RGB").save(folder / f"{i}.png")
+
+
+def cfg_for(root: Path, cache: Path, name: str = "mine", **extra) -> DataConfig:
+    return DataConfig(name=name, loader="image-folder", root=str(root), cache_dir=str(cache), **extra)
+
+
+@pytest.mark.parametrize(
+    ("side", "classes", "grey"), [(28, 10, True), (32, 100, False), (64, 7, False)],
+    ids=["28px-grey-10", "32px-rgb-100", "64px-rgb-7"],
+)
+def test_shapes_classes_and_channels_come_from_the_files(tmp_path: Path, side: int, classes: int, grey: bool):
+    make_tree(tmp_path / "data", side, classes, per_class=2, grey=grey)
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache"))
+    channels = 1 if grey else 3
+    assert (data.num_classes, data.image_size, data.channels) == (classes, side, channels)
+    assert tuple(data.train.images.shape) == (2 * classes, channels, side, side)
+    assert data.train.images.dtype == torch.uint8 and len(data.test) == 2 * classes
+    assert data.class_names == [f"c{c:03d}" for c in range(classes)]
+    assert data.name == "mine" and data.identity.startswith("mine-")
+    x, y = data.train.batch(slice(0, 4))
+    assert x.shape == (4, channels, side, side) and y.dtype == torch.long
+
+
+def test_normalization_is_the_train_split_mean_and_std(tmp_path: Path):
+    make_tree(tmp_path / "data", 8, 3, per_class=4, grey=False)
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache"))
+    pixels = data.train.images.double() / 255.0
+    expected_mean = pixels.mean(dim=(0, 2, 3))
+    expected_std = pixels.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1)
+    assert np.allclose(data.norm.mean, expected_mean.numpy(), atol=1e-9)
+    assert np.allclose(data.norm.std, expected_std.numpy(), atol=1e-9)
+    fixed = build_data(cfg_for(tmp_path / "data", tmp_path / "cache", mean=(0.5,) * 3, std=(0.25,) * 3))
+    assert fixed.norm.mean == (0.5,) * 3 and fixed.norm.std == (0.25,) * 3
+
+
+def test_val_split_archive_and_folder_holding_the_archive(tmp_path: Path):
+    make_tree(tmp_path / "tree", 16, 4, per_class=2, grey=False, test_name="val")
+    archive = tmp_path / "holder" / "mine.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="mine")
+    from_tree = build_data(cfg_for(tmp_path / "tree", tmp_path / "cache"))
+    from_archive = build_data(cfg_for(archive, tmp_path / "cache"))
+    from_holder = build_data(cfg_for(archive.parent, tmp_path / "cache"))
+    for data in (from_archive, from_holder):
+        assert torch.equal(data.train.images, from_tree.train.images)
+        assert torch.equal(data.test.labels, from_tree.test.labels)
+        assert data.identity == from_tree.identity
+
+
+def test_identity_depends_on_content_and_name_not_on_location(tmp_path: Path):
+    make_tree(tmp_path / "a", 8, 3, per_class=2, grey=True, seed=1)
+    make_tree(tmp_path / "copy", 8, 3, per_class=2, grey=True, seed=1)
+    for path in (tmp_path / "copy").rglob("*.png"):
+        os.utime(path, (1, 1))  # other timestamps: still the same data
+    make_tree(tmp_path / "b", 8, 3, per_class=2, grey=True, seed=2)
+    a = build_data(cfg_for(tmp_path / "a", tmp_path / "cache"))
+    copy = build_data(cfg_for(tmp_path / "copy", tmp_path / "cache"))
+    b = build_data(cfg_for(tmp_path / "b", tmp_path / "cache"))
+    renamed = build_data(cfg_for(tmp_path / "a", tmp_path / "cache", name="other"))
+    assert a.identity == copy.identity
+    assert len({a.identity, b.identity, renamed.identity}) == 3
+
+
+def test_mixed_sizes_need_resize(tmp_path: Path):
+    make_tree(tmp_path / "data", 12, 2, per_class=1, grey=False)
+    odd = tmp_path / "data" / "train" / "c000" / "odd.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(odd)
+    with pytest.raises(UserInputError, match=r"odd\.png is 20x20.*data\.resize"):
+        build_data(cfg_for(tmp_path / "data", tmp_path / "cache"))
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache", resize=16))
+    assert data.image_size == 16 and tuple(data.train.images.shape[1:]) == (3, 16, 16)
+
+
+def test_bad_settings_are_errors_that_name_the_fix(tmp_path: Path):
+    make_tree(tmp_path / "data", 8, 3, per_class=1, grey=False)
+    with pytest.raises(UserInputError, match=r"train/ has 3 class folders.*needs 5"):
+        build_data(cfg_for(tmp_path / "data", tmp_path / "cache", num_classes=5))
+    with pytest.raises(UserInputError, match="data.mean and data.std"):
+        build_data(cfg_for(tmp_path / "data", tmp_path / "cache", mean=(0.5, 0.5, 0.5)))
+    with pytest.raises(UserInputError, match="2/2 values but the images have 3 channels"):
+        build_data(cfg_for(tmp_path / "data", tmp_path / "cache", mean=(0.5, 0.5), std=(0.2, 0.2)))
+    with pytest.raises(UserInputError, match="matches no mine layout"):
+        build_data(cfg_for(tmp_path, tmp_path / "cache"))
+
+
+def test_grey_data_forced_to_rgb(tmp_path: Path):
+    make_tree(tmp_path / "data", 8, 2, per_class=1, grey=True)
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache", channels=3))
+    assert data.channels == 3
+    assert torch.equal(data.train.images[:, 0], data.train.images[:, 1])
+
+
+def test_new_data_fields_keep_every_published_case_name():
+    """Fields added for user data sets leave the hash of every earlier case unchanged while at their defaults."""
+    from intraq.pipeline import case_hash
+
+    records = sorted((REPO / "results").glob("*/*-seed*.json"))
+    checked = 0
+    for path in records:
+        record = json.loads(path.read_text())
+        if "config" not in record or "case" not in record:
+            continue
+        assert case_hash(from_dict(RunConfig, record["config"])) == record["case"], path
+        checked += 1
+    assert checked >= 30
+    base = RunConfig()
+    changed = RunConfig(data=DataConfig(loader="image-folder"))
+    assert config_hash(base) != config_hash(changed)
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_a_grey_28px_data_set(tmp_path: Path):
+    """Teacher recipe, IntraQ images, W4A4, calibration and fine-tuning on a user's 1-channel data set."""
+    from intraq.config import apply_overrides
+    from intraq.pipeline import RunPaths, run_case
+    from intraq.profiles import get_profile
+
+    make_tree(tmp_path / "grey", 28, 10, per_class=3, grey=True)
+    cfg = apply_overrides(get_profile("smoke"), [
+        "data.name=grey28", "data.loader=image-folder", f"data.root={tmp_path / 'grey'}",
+        f"data.cache_dir={tmp_path / 'cache'}", "teacher.train_epochs=1", "teacher.train_batch_size=10",
+        "synth.num_images=20", "synth.batch_size=10", "synth.iterations=3", "finetune.epochs=3",
+        "finetune.iters_per_epoch=2", "finetune.calib_epochs=1", "finetune.batch_size=10",
+        "finetune.calib_batch_size=4",
+    ])
+    paths = RunPaths(artifacts=tmp_path / "artifacts", results=tmp_path / "results")
+    record = run_case(cfg, paths, torch.device("cpu"), progress=False)
+    assert record["data_identity"].startswith("grey28-")
+    assert record["config"]["data"]["loader"] == "image-folder"
+    for key in ("after_calibration", "final_epoch", "best_epoch", "teacher"):
+        assert 0.0 <= record["accuracy"][key] <= 100.0
