@@ -171,8 +171,7 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
         say(f"submitted {len(jobs)} Slurm jobs ({len(todo)} cases): {', '.join(report.job_ids)}; logs in {folder}")
         if options.wait:
             for job, batch in zip(jobs, batches, strict=True):
-                while not job.done():
-                    time.sleep(options.poll_seconds)
+                _wait(job, options.poll_seconds)
                 for o in _collect(job, batch, settings):
                     report.outcomes.append(o)
                     say(_line(o))
@@ -201,6 +200,18 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
                 report.outcomes.append(o)
                 say(_line(o))
     return report
+
+
+def _wait(job, poll_seconds: float, ask_every: float = 60.0) -> None:  # noqa: ANN001 - a submitit job
+    """Until the job ends: its result file says so at once; Slurm is asked (squeue/sacct) only once a minute, for
+    jobs that end without one (time limit, node failure), which spares a cluster without accounting the noise."""
+    asked = time.time()
+    while not job.paths.result_pickle.exists():
+        if time.time() - asked > ask_every:
+            asked = time.time()
+            if job.done():
+                return
+        time.sleep(poll_seconds)
 
 
 def _line(o: dict[str, Any]) -> str:
