@@ -147,7 +147,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     get_profile(args.profile)  # an unknown profile fails before anything else
     options = CampaignOptions(
         executor=args.executor, seeds=args.seeds, jobs_per_gpu=args.jobs_per_gpu,
-        gpus_per_job=args.gpus_per_job if args.gpus_per_job is not None else int(torch.cuda.is_available()),
+        gpus_per_job=args.gpus_per_job if args.gpus_per_job is not None
+        else 1 if args.executor == "slurm" else int(torch.cuda.is_available()),
         max_running=args.max_running, deadline=parse_duration(args.deadline), retry_failed=args.retry_failed,
         only=tuple(args.only), partition=args.partition, time_limit_min=args.time_limit,
         cpus_per_task=args.cpus_per_task, slurm_gres=args.gres, logs=Path(args.logs) if args.logs else None,
@@ -223,7 +224,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=("local", "slurm"),
                    help="local: jobs on this machine; slurm: sbatch jobs (needs Slurm)")
     p.add_argument("--jobs-per-gpu", type=int, default=1, help="cases per job, run side by side on its GPU")
-    p.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (default 1 if CUDA is here, else 0)")
+    p.add_argument("--gpus-per-job", type=int, default=None,
+                   help="GPUs per job (default: slurm 1; local 1 if CUDA is here, else 0)")
     p.add_argument("--max-running", type=int, default=None,
                    help="jobs at once (local default 1; slurm: array parallelism, default no limit)")
     p.add_argument("--deadline", default=None, metavar="DURATION",
