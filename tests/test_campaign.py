@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import intraq
 import intraq.campaign.submit as submit
 from intraq.campaign import CaseSettings, plan_cases
 from intraq.campaign.plan import DONE
@@ -115,3 +116,44 @@ def test_status_prints_the_table(tmp_path, capsys):
     assert main(["status", "--profile", "smoke", "--seeds", "2", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "MDC beats ADI [no results]" in out and "seed 1" in out and "26 runs" in out and "26 pending" in out
+
+
+class _FakeJob:
+    job_id = "fake"
+
+    def __init__(self, result):
+        self._result = result
+
+    def done(self):
+        return True
+
+    def result(self):
+        return self._result
+
+
+class _FakeExecutor:
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, jobs, *args):
+        self.submitted.append(jobs)
+        return _FakeJob([{"case": c, "seed": s, "state": "done", "reused": False} for c, s, _ in jobs])
+
+
+def test_local_campaign_leaves_cases_that_would_pass_the_deadline_pending(settings, monkeypatch):
+    folder = settings.results / "smoke"
+    folder.mkdir(parents=True)
+    for name, method, seconds in (("other1", "squant", 10.0), ("other2", "real", 1000.0)):
+        (folder / f"{name}-seed0.json").write_text(json.dumps({
+            "case": name, "seed": 0, "method": method, "seconds": {"total": seconds},
+            "intraq_bench_version": intraq.__version__}))
+    fake = _FakeExecutor()
+    monkeypatch.setattr(submit, "_executor", lambda *a: fake)
+    said: list[str] = []
+    report = launch_campaign(settings, CampaignOptions(seeds=1, only=("comparison-real", "comparison-squant"),
+                                                       deadline=100.0, poll_seconds=0.01), said.append)
+    states = {o["case"]: o["state"] for o in report.outcomes}
+    squant = next(p for p in report.submitted)
+    assert squant.method == "squant" and len(fake.submitted) == 1  # the 1,000 s real case was not submitted
+    assert sorted(states.values()) == ["done", "pending"]
+    assert any(line.startswith("pending:") and "deadline" in line for line in said)

@@ -182,13 +182,12 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
     while queue or running:
         while queue and len(running) < limit:
             batch = queue.pop(0)
-            if deadline_at is not None and time.time() + batch[0].estimate > deadline_at:
-                for p in [p for b in [batch, *queue] for p in b]:
+            if deadline_at is not None and time.time() + max(p.estimate for p in batch) > deadline_at:
+                for p in batch:  # a later, shorter case may still fit
                     report.outcomes.append({"case": p.case, "seed": p.seed, "state": "pending",
                                             "reason": "would not finish before the deadline"})
                     say(f"pending: {p.name} (estimated {p.estimate:.0f} s would pass the deadline)")
-                queue = []
-                break
+                continue
             job = executor.submit(run_jobs, *_args(batch, settings, deadline_at, options.jobs_per_gpu))
             report.submitted.extend(batch)
             report.job_ids.append(str(job.job_id))
