@@ -237,6 +237,66 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.CaseSettings, imported late
+    from intraq.campaign import CaseSettings
+
+    extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
+    from intraq.results import default_results_dir
+
+    results = Path(args.results) if args.results else default_results_dir(args.publish)
+    return CaseSettings(args.profile, results, Path(args.artifacts) if args.artifacts else None,
+                        tuple(extra), getattr(args, "device", "auto"), getattr(args, "threads", 1),
+                        getattr(args, "compile", False), args.default_case_seconds)
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    import torch
+
+    from intraq.campaign.estimate import parse_duration
+    from intraq.campaign.submit import CampaignOptions, launch_campaign
+
+    get_profile(args.profile)  # an unknown profile fails before anything else
+    options = CampaignOptions(
+        executor=args.executor, seeds=args.seeds, jobs_per_gpu=args.jobs_per_gpu,
+        gpus_per_job=args.gpus_per_job if args.gpus_per_job is not None
+        else 1 if args.executor == "slurm" else int(torch.cuda.is_available()),
+        max_running=args.max_running, deadline=parse_duration(args.deadline), retry_failed=args.retry_failed,
+        only=tuple(args.only), partition=args.partition, time_limit_min=args.time_limit,
+        cpus_per_task=args.cpus_per_task, slurm_gres=args.gres, logs=Path(args.logs) if args.logs else None,
+        wait=not args.no_wait,
+    )
+    report = launch_campaign(_case_settings(args), options)
+    done = sum(1 for o in report.outcomes if o["state"] == "done")
+    pending = sum(1 for o in report.outcomes if o["state"] == "pending")
+    print(f"campaign {args.profile}: {len(report.submitted)} cases submitted; {done} done, {pending} pending, "
+          f"{len(report.failed)} failed; `intraq status --profile {args.profile}` shows every case")
+    return 1 if report.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from intraq.campaign import check_results_version
+    from intraq.campaign.status import status_text
+
+    get_profile(args.profile)
+    settings = _case_settings(args)
+    check_results_version(settings.results, settings.profile)
+    print(status_text(args.profile, args.seeds, settings.results, settings.extra, args.default_case_seconds))
+    return 0
+
+
+def _cases_options(p: argparse.ArgumentParser) -> None:
+    """What selects the cases of a profile, for `campaign` and `status` (as `pytest bench` takes them)."""
+    p.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES.names())} (default smoke)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default 3)")
+    _results_options(p, "write")
+    p.add_argument("--artifacts", default=None, help="artifact folder (default $INTRAQ_ARTIFACTS or ./artifacts)")
+    p.add_argument("--data-root", default=None, help="CIFAR-10 folder/archive or ImageNet tree (data.root)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field for every case (changes the case hashes)")
+    p.add_argument("--default-case-seconds", type=float, default=None,
+                   help="estimated duration of a case when the profile has no record yet (default: per profile)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intraq", description=__doc__)
     parser.add_argument("--version", action=_VersionAction)
@@ -279,6 +339,34 @@ def make_parser() -> argparse.ArgumentParser:
                    help="output folder; writes OUT/<profile>/report.{md,html} (default reports/local, or reports "
                    "with --publish)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("campaign", help="run every pending case of a profile as submitit jobs (local or Slurm)")
+    _cases_options(p)
+    p.add_argument("--executor", default="local", choices=("local", "slurm"),
+                   help="local: jobs on this machine; slurm: sbatch jobs (needs Slurm)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1, help="cases per job, run side by side on its GPU")
+    p.add_argument("--gpus-per-job", type=int, default=None,
+                   help="GPUs per job (default: slurm 1; local 1 if CUDA is here, else 0)")
+    p.add_argument("--max-running", type=int, default=None,
+                   help="jobs at once (local default 1; slurm: array parallelism, default no limit)")
+    p.add_argument("--deadline", default=None, metavar="DURATION",
+                   help="e.g. 12m, 2h: start no case whose estimated duration ends after it; those stay pending")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cases again (kept otherwise)")
+    p.add_argument("--only", action="append", default=[], metavar="CELL_OR_CASE",
+                   help="only this cell (table-key, e.g. comparison-squant) or case hash (repeatable)")
+    p.add_argument("--partition", default=None, help="Slurm partition")
+    p.add_argument("--time-limit", type=int, default=60, help="job time limit in minutes (default 60)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per job")
+    p.add_argument("--gres", default=None, help="Slurm --gres, e.g. gpu:a100:1 (instead of --gpus-per-job)")
+    p.add_argument("--logs", default=None, help="submitit folder (default <artifacts>/campaign/<profile>)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: return after submitting")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per case (default 1)")
+    p.set_defaults(func=cmd_campaign)
+
+    p = sub.add_parser("status", help="claims x cells x seeds of a profile: done, running, pending, failed")
+    _cases_options(p)
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -1,0 +1,100 @@
+"""The cases of a profile in the order they should run, each with its state and estimated duration.
+
+Enumeration is `intraq.tables.jobs` (one (case, seed) per distinct config, with every cell that shows it); this
+module adds what runners need: claim order (cells that an undecided claim needs first, then seed 0 of every
+case before seed 1), whether each case is done, running, pending or failed, and how long it should take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from intraq.campaign.estimate import Durations
+from intraq.campaign.state import read_failure, running_info
+from intraq.results import result_path
+from intraq.tables import Cell, all_tables, cell_config, jobs
+
+DONE, RUNNING, PENDING, FAILED = "done", "running", "pending", "failed"
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    """One (case, seed): the cells that show it, its state now and its estimated compute seconds."""
+
+    case: str
+    seed: int
+    cells: tuple[Cell, ...]
+    method: str
+    state: str
+    needed: bool  # by a claim that is not decided yet
+    estimate: float
+    estimate_source: str
+    seconds: float | None = None  # compute seconds of the stored record (done cases)
+    accuracy: float | None = None  # its best-epoch top-1
+    error: str | None = None  # failed cases
+    running: dict[str, Any] | None = None  # who runs it (running cases)
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}-seed{self.seed}"
+
+
+def claim_verdicts(results: Path, profile: str) -> dict[str, str]:
+    """Claim key -> verdict on the stored results (best-epoch top-1, the paper's metric); {} without results."""
+    from intraq.claims import evaluate_claim
+    from intraq.errors import UserInputError
+    from intraq.report.load import load_results
+
+    try:
+        loaded = load_results(results, profile)
+    except UserInputError:
+        return {}
+    return {claim.key: evaluate_claim(claim, loaded.values(table.key, "best_epoch")).verdict
+            for table in all_tables() for claim in table.claims}
+
+
+def needed_cells(verdicts: dict[str, str]) -> set[str]:
+    """Names (`table-key`) of the cells that some claim not yet holding or failing compares."""
+    out: set[str] = set()
+    for table in all_tables():
+        for claim in table.claims:
+            if verdicts.get(claim.key) in ("holds", "fails"):
+                continue
+            out.update(f"{table.key}-{key}" for pair in claim.pairs for key in pair)
+    return out
+
+
+def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] = (),
+               default_seconds: float | None = None, needed: set[str] | None = None) -> list[PlannedCase]:
+    """Every (case, seed) of the profile's tables in run order. `needed` (cell names) overrides the claim
+    verdicts read from `results` (pytest-xdist passes the controller's to every worker)."""
+    results = Path(results)
+    cells = {cell.name: cell for table in all_tables() for cell in table.cells}
+    needed = needed_cells(claim_verdicts(results, profile)) if needed is None else needed
+    durations = Durations.from_records(results, profile, default_seconds)
+    planned = []
+    for index, job in enumerate(jobs(profile, seeds, list(extra))):
+        job_cells = tuple(cells[name] for name in job.cells)
+        method = cell_config(job_cells[0], profile, job.seed, list(extra)).synth.method
+        estimate, source = durations.estimate(job.case, method)
+        state, seconds, accuracy, error, running = PENDING, None, None, None, None
+        record = result_path(results, profile, job.case, job.seed)
+        if record.exists():
+            state = DONE
+            try:
+                stored = json.loads(record.read_text())
+                seconds, accuracy = float(stored["seconds"]["total"]), stored["accuracy"].get("best_epoch")
+            except (ValueError, KeyError, TypeError, OSError):
+                pass  # the report validates records; here they only feed a sum and a display
+        elif (running := running_info(results, profile, job.case, job.seed)) is not None:
+            state = RUNNING
+        elif (failure := read_failure(results, profile, job.case, job.seed)) is not None:
+            state, error = FAILED, failure.get("error")
+        is_needed = any(name in needed for name in job.cells)
+        planned.append((0 if is_needed else 1, job.seed, index, PlannedCase(
+            job.case, job.seed, job_cells, method, state, is_needed, estimate, source, seconds, accuracy, error,
+            running)))
+    return [p for *_, p in sorted(planned, key=lambda item: item[:3])]

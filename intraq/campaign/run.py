@@ -1,0 +1,152 @@
+"""Run one table cell (or one campaign job) the same way from every runner.
+
+`run_cell` is what a bench case calls and what a campaign job calls for each of its cells: it takes the case's
+lock (a second run of the same case, e.g. on another pytest-xdist worker, waits and then reuses the result),
+refuses to start a case that would not finish before the deadline, runs `intraq.pipeline.run_case`, keeps a
+failure's error for `intraq status`, and writes the cell file (and figure data) the report reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import intraq
+from intraq.campaign.estimate import Durations
+from intraq.campaign.state import case_lock, clear_failure, record_failure
+from intraq.errors import UserInputError
+from intraq.tables import Cell, all_tables, cell_config
+
+
+class DeadlineReached(Exception):
+    """The case would not finish before the deadline by its estimated duration; it stays pending."""
+
+
+@dataclass(frozen=True)
+class CaseSettings:
+    """Where and how cases run: the same for every case of one bench run or campaign."""
+
+    profile: str
+    results: Path
+    artifacts: Path | None = None
+    extra: tuple[str, ...] = ()  # overrides applied before each cell's (data.root, --set ...)
+    device: str = "auto"
+    threads: int | None = 1
+    compile: bool = False
+    default_seconds: float | None = None  # estimate for a case when the profile has no record yet
+
+
+@dataclass
+class CellOutcome:
+    """What one cell's run gave: the record, whether it was reused, and how long this call waited or ran."""
+
+    cell: Cell
+    record: dict[str, Any]
+    reused: bool
+    written: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _version_key(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+def check_results_version(results: Path, profile: str) -> None:
+    """Refuse a results folder whose records another major/minor version of intraq-bench wrote: their layout
+    and meaning may differ, and mixing them would silently reuse or overwrite them."""
+    folder = Path(results) / profile
+    ours = intraq.__version__
+    for path in sorted(folder.glob("*-seed*.json")) if folder.exists() else []:
+        try:
+            version = json.loads(path.read_text()).get("intraq_bench_version")
+        except (ValueError, OSError):
+            continue  # the report names unreadable records
+        if version is not None and _version_key(version) != _version_key(ours):
+            raise UserInputError(
+                f"{folder} holds records written by intraq-bench {version} (e.g. {path.name}); this is {ours}. "
+                f"Use another results folder (--results DIR), or move those records away, or run them with "
+                f"intraq-bench {version}. Nothing was changed.")
+
+
+def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device | None = None,
+             deadline: float | None = None, estimate: float | None = None, progress: bool = False) -> CellOutcome:
+    """Run (or reuse) the case behind `cell` at `seed` and write the cell's file for the report.
+
+    `deadline` is a wall-clock time (time.time()); a case without a stored result does not start when its
+    `estimate` (default: from the profile's records) would take it past the deadline: DeadlineReached."""
+    from intraq.device import pick_device
+    from intraq.pipeline import RunPaths, case_hash, run_case
+    from intraq.report.collect import save_figure_data, write_cell_record
+    from intraq.results import result_path
+
+    tic = time.perf_counter()
+    cfg = cell_config(cell, settings.profile, seed, list(settings.extra))
+    paths = RunPaths.default(settings.artifacts, settings.results)
+    case = case_hash(cfg)
+    stored = result_path(paths.results, cfg.profile, case, seed)
+    if deadline is not None and not stored.exists():
+        if estimate is None:
+            durations = Durations.from_records(paths.results, cfg.profile, settings.default_seconds)
+            estimate, _ = durations.estimate(case, cfg.synth.method)
+        left = deadline - time.time()
+        if estimate > left:
+            raise DeadlineReached(f"{case}-seed{seed} stays pending: its estimated {estimate:.0f} s do not fit "
+                                  f"in the {max(left, 0):.0f} s left before the deadline")
+    device = device or pick_device(settings.device)
+    with case_lock(paths.results, cfg.profile, case, seed):
+        reused = stored.exists()  # checked under the lock: a run that held it may just have written it
+        try:
+            record = run_case(cfg, paths, device, progress=progress, compile=settings.compile)
+            if cell.figures:
+                save_figure_data(cfg, cell, paths.results, settings.artifacts, device)
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                record_failure(paths.results, cfg.profile, case, seed, exc)
+            raise
+        clear_failure(paths.results, cfg.profile, case, seed)
+    written = write_cell_record(cell, cfg, record, paths.results)
+    return CellOutcome(cell, record, reused, written, time.perf_counter() - tic)
+
+
+def run_job(case: str, seed: int, cell_names: list[str], settings: CaseSettings, deadline: float | None = None,
+            estimate: float | None = None) -> dict[str, Any]:
+    """A campaign job's work: every cell that shows one (case, seed). Returns a summary instead of raising, so
+    a job that runs several cases goes on after a failure (the error is kept for `intraq status`)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cells = {c.name: c for t in all_tables() for c in t.cells}
+    outcome: dict[str, Any] = {"case": case, "seed": seed, "state": "done", "reused": True, "seconds": 0.0}
+    tic = time.perf_counter()
+    try:
+        for name in cell_names:
+            result = run_cell(cells[name], seed, settings, deadline=deadline, estimate=estimate)
+            outcome["reused"] = outcome["reused"] and result.reused
+            outcome["accuracy"] = result.record["accuracy"].get("best_epoch")
+    except DeadlineReached as exc:
+        outcome.update(state="pending", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - kept in the state folder and shown by `intraq status`
+        outcome.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    outcome["seconds"] = time.perf_counter() - tic
+    return outcome
+
+
+def run_jobs(jobs: list[tuple[str, int, list[str]]], settings: CaseSettings, deadline: float | None = None,
+             parallel: int = 1, estimates: list[float | None] | None = None) -> list[dict[str, Any]]:
+    """Several (case, seed, cells) jobs in one submitit job: `parallel` of them at a time on one device (small
+    models leave a GPU mostly idle, so several processes share it well), each in its own process."""
+    estimates = estimates or [None] * len(jobs)
+    if parallel <= 1 or len(jobs) <= 1:
+        return [run_job(c, s, cells, settings, deadline, e) for (c, s, cells), e in zip(jobs, estimates,
+                                                                                             strict=True)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_job, c, s, cells, settings, deadline, e)
+                   for (c, s, cells), e in zip(jobs, estimates, strict=True)]
+        return [f.result() for f in futures]
