@@ -179,7 +179,8 @@ class PairTest:
     reason: str
     interval_kind: str = ""  # PAIRED, WELCH, or "" when no interval was computed
     n: int = 0  # seeds behind the interval (per-seed differences when paired)
-    machines: str = ""  # the machine class(es) of both cells' runs
+    machines: str = ""  # the machine class(es) of both cells' runs, in words
+    machine_classes: tuple[str, ...] = ()  # the distinct machine classes of both cells' runs, sorted
     p_holds: float = math.nan  # Holm-adjusted one-sided p of the direction that makes the pair hold
     p_fails: float = math.nan
     strict: PairTest | None = None  # the strict (greater, m = 0) test beside a non-inferiority test
@@ -262,7 +263,8 @@ def _prepare(a: str, b: str, rule: str, margin: float, values: Mapping[str, Samp
         return _Prepared(replace(base, verdict=NO_RESULTS, reason=f"no results for {missing}"))
     diff = suma.mean - sumb.mean
     machines, same = _machines_text(a, b, sa, sb)
-    base = replace(base, diff=diff, machines=machines)
+    classes = tuple(sorted(set(sa.machines or ()) | set(sb.machines or ())))
+    base = replace(base, diff=diff, machines=machines, machine_classes=classes)
     if not same:
         return _Prepared(replace(base, verdict=NOT_COMPARABLE,
                                  reason=f"not decided: the cells ran on different machine classes ({machines})"))

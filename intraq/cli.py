@@ -125,9 +125,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from intraq.report import render_report
+    from intraq.report.index import profiles_with_results, render_index, rewrite_readme
 
-    files = render_report(args.profile, args.results, args.out)
-    print(f"report for profile {args.profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
+    if args.all:
+        profiles = profiles_with_results(args.results)
+    elif args.profile:
+        profiles = [args.profile]
+    else:  # `--readme` alone rewrites README and the index only
+        profiles = [] if args.readme else ["smoke"]
+    for profile in profiles:
+        files = render_report(profile, args.results, args.out)
+        print(f"report for profile {profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
+    index = render_index(args.results, args.out)
+    print(f"index over every profile in {args.results}: {index.markdown} and {index.html}")
+    if args.readme:
+        changed = rewrite_readme(args.readme, args.results)
+        print(f"{args.readme}: results block {'rewritten' if changed else 'already up to date'}")
     return 0
 
 
@@ -159,9 +172,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render the tables report from results/ (markdown + self-contained HTML)")
-    p.add_argument("--profile", default="smoke", help="whose results to render (default smoke)")
+    p.add_argument("--profile", default=None, help="whose results to render (default smoke)")
+    p.add_argument("--all", action="store_true", help="render every profile that has results")
     p.add_argument("--results", default="results", help="results folder (default ./results)")
-    p.add_argument("--out", default="reports", help="output folder; writes OUT/<profile>/report.{md,html}")
+    p.add_argument("--out", default="reports",
+                   help="output folder; writes OUT/<profile>/report.{md,html} and OUT/index.{md,html}")
+    p.add_argument("--readme", nargs="?", const="README.md", default=None, metavar="PATH",
+                   help="also rewrite the generated results block of README.md (or PATH) from results/")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -46,7 +46,7 @@ METRICS: tuple[str, ...] = ("best_epoch", "final_epoch", "after_calibration")
 METRIC_LABELS: dict[str, str] = {
     "best_epoch": "best epoch (test-set selection, as the paper reports, T12)",
     "final_epoch": "final epoch",
-    "after_calibration": "after activation-range calibration only",
+    "after_calibration": "activation ranges calibrated, before any fine-tuning",
 }
 
 
