@@ -125,8 +125,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from intraq.report import render_report
-    from intraq.report.index import profiles_with_results, render_index, rewrite_readme
+    from intraq.report.index import profiles_with_results, readme_section, render_index, rewrite_readme
 
+    if args.readme:  # a bad README path fails before anything is written
+        if not Path(args.readme).is_file():
+            raise UserInputError(f"no README at {args.readme}; pass --readme PATH")
+        readme_section(Path(args.readme).read_text())
     if args.all:
         profiles = profiles_with_results(args.results)
     elif args.profile:
