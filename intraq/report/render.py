@@ -366,14 +366,16 @@ def figure_blocks(res: BenchResults, methods: Sequence[figs.MethodFigureData]) -
         for m in methods
     )
     blocks.append(TableBlock(
-        ("Method", "Intra-class diversity (mean ± std over seeds)", "Images measured", "Feature dim", "Case"), rows,
+        ("Method", "Intra-class diversity (mean ± sample sd over seeds)", "Images measured", "Feature dim",
+         "Case"), rows,
         "Intra-class diversity = mean pairwise cosine distance (1 − cos) of the teacher's penultimate features "
         "between images of the same class, averaged over classes with ≥ 2 images, on each whole image set. "
         "The figure's claim ('MDC scatters a lot, ADI is in a dense concentration') predicts MDC > ADI.",
     ))
     blocks += claim_blocks(None, [figure_verdict(res)], [None], digits=3)
     blocks.append(FigureBlock("diversity.png", figs.diversity_figure(methods),
-                              "Intra-class diversity per method: bar = mean over seeds, dots = single seeds."))
+                              "Intra-class diversity per method: bar = mean over seeds, error bar = sample "
+                              "standard deviation, dots = single seeds."))
     return blocks
 
 
