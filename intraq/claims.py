@@ -269,7 +269,8 @@ def _prepare(a: str, b: str, rule: str, margin: float, values: Mapping[str, Samp
     base = replace(base, diff=diff, machines=machines, machine_classes=classes)
     if not same:
         return _Prepared(replace(base, verdict=NOT_COMPARABLE,
-                                 reason=f"not decided: the cells ran on different machine classes ({machines})"))
+                                 reason=f"not decided: the cells ran on different machine classes ({machines}); "
+                                 "re-run both on one class"))
     paired = (sa.seeds is not None and sb.seeds is not None and len(set(sa.seeds)) == sa.n
               and len(set(sb.seeds)) == sb.n and set(sa.seeds) == set(sb.seeds))
     if paired:

@@ -305,7 +305,10 @@ def claim_blocks(table: Table | None, verdicts: Sequence[ClaimVerdict], final: S
                        gap_text(p, digits), p.machines or "–", fmt(p.threshold, digits, signed=True), p.verdict)
                 if best.strict_verdict is not None:
                     row = (*row, p.strict.verdict if p.strict is not None else "–")
-                rows.append((*row, p.reason))
+                why = p.reason if p.verdict != NOT_COMPARABLE else (
+                    "not decided: the cells ran on different machine classes (Machine class column); re-run "
+                    "both on one class")
+                rows.append((*row, why))
         columns = ("Metric", "Gap a − b", "a: mean ± sd (n)", "b: mean ± sd (n)", "Paper's gap (paper's setting)",
                    f"Our gap [{LEVEL} interval] (n, type)", "Machine class", "Threshold", "Verdict")
         if best.strict_verdict is not None:
