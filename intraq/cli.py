@@ -177,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stored_file = result_path(results, cfg.profile, case_hash(cfg), cfg.seed)
     stored = read_result(stored_file) if stored_file.exists() and not args.force else None
     record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
-    reused = stored is not None and (stored.started, stored.finished) == (record.started, record.finished)
+    reused = stored is not None and (stored.started, stored.finished, stored.seconds) == (
+        record.started, record.finished, record.seconds)
     if reused:
         print(_reuse_line(stored_file, record.to_dict()))
     acc = record.accuracy
@@ -196,13 +197,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from intraq.report import render_report
+    from intraq.report.index import profiles_with_results, readme_section, render_index, rewrite_readme
     from intraq.results import default_reports_dir, default_results_dir
 
-    results = Path(args.results) if args.results else default_results_dir(args.publish)
-    out = Path(args.out) if args.out else default_reports_dir(args.publish)
-    print(f"rendering results from {results / args.profile}")
-    files = render_report(args.profile, results, out)
-    print(f"report for profile {args.profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
+    publish = args.publish or bool(args.readme)  # README's block shows the published results only
+    results = Path(args.results) if args.results else default_results_dir(publish)
+    out = Path(args.out) if args.out else default_reports_dir(publish)
+    if args.readme:  # a bad README path fails before anything is written
+        if not Path(args.readme).is_file():
+            raise UserInputError(f"no README at {args.readme}; pass --readme PATH")
+        readme_section(Path(args.readme).read_text())
+    if args.all:
+        profiles = profiles_with_results(results)
+    elif args.profile:
+        profiles = [args.profile]
+    else:  # `--readme` alone rewrites README and the index only
+        profiles = [] if args.readme else ["smoke"]
+    for profile in profiles:
+        print(f"rendering results from {results / profile}")
+        files = render_report(profile, results, out)
+        print(f"report for profile {profile}: {files.markdown} and {files.html} ({len(files.figures)} figures)")
+    index = render_index(results, out)
+    print(f"index over every profile in {results}: {index.markdown} and {index.html}")
+    if args.readme:
+        changed = rewrite_readme(args.readme, results)
+        print(f"{args.readme}: results block {'rewritten' if changed else 'already up to date'}")
     return 0
 
 
@@ -333,11 +352,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render the tables report from results/ (markdown + self-contained HTML)")
-    p.add_argument("--profile", default="smoke", help="whose results to render (default smoke)")
+    p.add_argument("--profile", default=None, help="whose results to render (default smoke)")
+    p.add_argument("--all", action="store_true", help="render every profile that has results")
     _results_options(p, "read")
     p.add_argument("--out", default=None,
-                   help="output folder; writes OUT/<profile>/report.{md,html} (default reports/local, or reports "
-                   "with --publish)")
+                   help="output folder; writes OUT/<profile>/report.{md,html} and OUT/index.{md,html} (default "
+                   "reports/local, or reports with --publish)")
+    p.add_argument("--readme", nargs="?", const="README.md", default=None, metavar="PATH",
+                   help="also rewrite the generated results block of README.md (or PATH) from the published results "
+                   "(implies --publish)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("campaign", help="run every pending case of a profile as submitit jobs (local or Slurm)")

@@ -11,6 +11,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,10 @@ def _npz(path: Path, case: str, seed: int, method: str, spread: float) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def _iso(posix: float) -> str:
+    return datetime.fromtimestamp(posix, timezone.utc).isoformat(timespec="seconds")
+
+
 def write_fixture(results: Path) -> None:
     """Cell files and figure data of a FABRICATED bench run at profile 'fixture'."""
     for table in all_tables():
@@ -103,6 +108,11 @@ def write_fixture(results: Path) -> None:
                 out = results / PROFILE / "cells" / f"{table.key}--{cell.key}-seed{seed}.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(blob))
+                # the run record's times: runs of one case start 10 s apart and take 10 s, so they never overlap
+                # but the five cases of a seed run in parallel (see test_each_table_states_its_compute)
+                start = 1_800_000_000 + 100 * seed + (0 if case == SHARED else 5)
+                times = {"fixture": "FABRICATED", "started": _iso(start), "finished": _iso(start + 10)}
+                (results / PROFILE / f"{case}-seed{seed}.json").write_text(json.dumps(times))
                 if cell.figures:
                     spread = {"mdc": 2.0, "adi": 0.3, "real": 1.0}[cell.key]
                     _npz(results / PROFILE / "figures-data" / f"{case}-seed{seed}.npz", case, seed, cell.key, spread)
@@ -142,7 +152,7 @@ def test_summary_numbers(fixture_results: Path) -> None:
 def test_claim_verdicts(report: Report) -> None:
     verdicts = {v.claim.key: v.verdict for v in report.verdicts}
     assert verdicts == {
-        "mdc_beats_adi": "holds",
+        "mdc_beats_adi": "holds",  # paired by seed: every cell of the fixture ran seeds 0..n-1 on one machine
         "lor_extras_add_nothing": "fails",
         "small_set_within_a_point": "inconclusive",
         "more_than_5120_adds_little": "holds",
@@ -155,14 +165,20 @@ def test_claim_verdicts(report: Report) -> None:
     assert [(p.a, p.b) for p in failing] == [("L+R", "L")] and failing[0].diff == pytest.approx(3.1)
     glance = _table(report, "MDC vs ADI")
     assert glance.columns[2] == "Verdict (best epoch)" and glance.rows[0][2] == "holds"
+    assert glance.rows[0][5] == "mdc − adi: +10.60 [+9.93, +11.27] (n=3, paired)"
+    # d = 11, 10.6, 10.2: sd 0.4, se 0.4 / sqrt 3, t(0.95, 2) = 2.919986 -> ± 0.674
+    assert glance.rows[0][6] == "mdc − adi: +8.80"  # the paper's gap, 63.77 − 54.97
+    order = next(v for v in report.verdicts if v.claim.key == "ordering_real_intraq_squant_qimera")
+    assert order.strict_verdict == "holds" and [p.threshold for p in order.pairs] == [-0.5, -0.5, -0.5]
 
 
 def test_rendered_tables(report: Report) -> None:
     comparison = _table(report, "Real data")
-    assert comparison.columns[2:5] == ("Paper (%)", "Ours best epoch (%)", "Δ best − paper")
-    assert comparison.rows[0][2:5] == ("67.89", "97.20 ± 0.20 (n=3)", "+29.31")
-    assert comparison.rows[0][5] == "96.20 ± 0.20 (n=3)"  # final epoch, labelled as such
-    assert comparison.rows[0][9] == f"`{_case('comparison', 'real')}`"
+    assert comparison.columns[2:5] == ("Paper (%, paper's setting)", "Ours best epoch (%)", "Ours final epoch (%)")
+    assert not any("Δ" in c or "− paper" in c for t in report.blocks if isinstance(t, TableBlock) for c in t.columns)
+    assert comparison.rows[0][2:5] == ("67.89", "97.20 ± 0.20 (n=3)", "96.20 ± 0.20 (n=3)")
+    assert comparison.rows[0][7] == "CPU fixture-cpu, 2 cores, torch x (seeds 0, 1, 2)"
+    assert comparison.rows[0][8] == f"`{_case('comparison', 'real')}`"
     amounts = _table(report, "256")
     assert [r[0] for r in amounts.rows] == ["256", "1,280", "5,120", "10,000", "20,000"]
     assert amounts.rows[0][3] == "88.00 (n=1)" and amounts.rows[2][2] == "66.47"
@@ -174,8 +190,11 @@ def test_markdown_and_html_files(fixture_results: Path, tmp_path: Path) -> None:
     assert "FABRICATED TEST FIXTURE" in md and "FABRICATED TEST FIXTURE" in page
     for table in all_tables():
         assert table.title in md and table.title in page
-    for text in ("Total compute time", "Hardware: fixture-cpu", "fixture_cnn, 98.00% test top-1",
-                 "Trap T3", "intra-class diversity"):
+    for text in ("Compute: wall time", "CPU fixture-cpu, 2 cores, torch x (37 runs)", "fixture_cnn (98.00% test top-1)",
+                 "Trap T3", "intra-class diversity", "± = sample standard deviation (ddof 1) over the n seeds",
+                 "after calibration* = activation ranges calibrated, before any fine-tuning",
+                 "Setting. Paper: ResNet-20, CIFAR-10", "Setting. Paper: ResNet-18, ImageNet", "Holm",
+                 "Margins are the suite's (not the paper's)"):
         assert text.lower() in md.lower(), text
     assert {p.name for p in files.figures} == {"data-amount.png", "image-grid.png", "feature-umap.png",
                                                "diversity.png"}
@@ -185,7 +204,9 @@ def test_markdown_and_html_files(fixture_results: Path, tmp_path: Path) -> None:
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
     assert not re.search(r'(src|href)="(?!data:)', page)
     md_tables = sum(1 for line in md.splitlines() if line.startswith("|---"))
-    assert page.count("<table>") == md_tables == 1 + 5 + 6 + 1  # glance, five tables, six claims, diversity
+    # glance, five tables, six accuracy claims, the diversity table and its claim
+    assert page.count("<table>") == md_tables == 1 + 5 + 6 + 1 + 1
+    assert "ResNet-18 ImageNet" not in md.split("## Claims at a glance")[0]  # the header no longer says so
     assert 'class="v-fails"' in page and 'class="v-inconclusive"' in page and 'class="v-holds"' in page
 
 
@@ -215,7 +236,8 @@ def test_partial_results_render(tmp_path: Path, fixture_results: Path) -> None:
     assert _table(report, "Real data").rows[0][3] == "no result"
     assert "No figure data" in to_markdown(report)
     verdicts = {v.claim.key: v.verdict for v in report.verdicts}
-    assert verdicts["mdc_beats_adi"] == "inconclusive" and verdicts["more_than_5120_adds_little"] == "holds"
+    assert verdicts["mdc_beats_adi"] == "no results" and verdicts["more_than_5120_adds_little"] == "holds"
+    assert verdicts["small_set_within_a_point"] == "inconclusive"  # has results, one seed of 256
 
 
 def test_intra_class_diversity_metric() -> None:
@@ -240,8 +262,10 @@ def test_cli_report_and_missing_results(fixture_results: Path, tmp_path: Path, c
 def test_each_table_states_its_compute(fixture_results: Path) -> None:
     res = load_results(fixture_results, PROFILE)
     line = compute_line(res, get_table("lor"))
-    # 4 cells x 3 seeds, 10 s each in the fixture; the shared L+F cell counts here too
-    assert line.startswith("Compute for this table: 2.0 min over 12 runs") and "fixture-cpu" in line
+    # 4 cells x 3 seeds, 10 s each in the fixture (the shared L+F cell counts here too): 120 s summed; per seed the
+    # shared run covers [0, 10] s and the three others [5, 15] s, so 15 s of wall time per seed, 45 s in all
+    assert line.startswith("Compute for this table: wall time 0.8 min (while at least one run was running); "
+                           "summed run time 2.0 min over 12 runs") and "CPU fixture-cpu" in line
 
 
 def test_header_points_to_provenance_notes(tmp_path: Path, fixture_results: Path) -> None:

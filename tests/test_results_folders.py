@@ -74,7 +74,7 @@ def test_run_writes_local_results_and_announces_a_reuse(tmp_path, tiny_overrides
 
     assert _run(tmp_path, tiny_overrides, "--force") == 0
     assert "reused" not in capsys.readouterr().out
-    assert json.loads(stored[0].read_text())["finished"] != record["finished"]
+    assert json.loads(stored[0].read_text())["seconds"] != record["seconds"]  # recomputed, not reused
 
     assert _run(tmp_path, tiny_overrides, "--publish") == 0  # only --publish writes the published folder
     assert len(list((tmp_path / "results" / "smoke").glob("*-seed0.json"))) == 1

@@ -43,7 +43,7 @@ def data_amount_figure(summary: pd.DataFrame, profile: str) -> bytes:
     used = [float(v) for v in rows["images_used"]]
     for metric, marker, label in (("best_epoch", "o", "ours, best epoch"), ("final_epoch", "s", "ours, final epoch")):
         left.errorbar(used, rows[f"{metric}_mean"], yerr=rows[f"{metric}_std"].fillna(0.0), marker=marker,
-                      capsize=3, label=f"{label} (mean ± std over seeds)")
+                      capsize=3, label=f"{label} (mean ± sample sd over seeds)")
     left.set_xscale("log")
     shown = [x for x in used if not math.isnan(x)]
     left.set_xticks(shown, [f"{int(x):,}" for x in shown], fontsize=8)

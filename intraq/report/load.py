@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from intraq.claims import machine_class
 from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir, figures_dir
 from intraq.results import read_cell_record
@@ -78,6 +79,7 @@ def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
         "seconds": blob.get("seconds", {}), "git_commit": blob.get("git_commit"),
         "git_commit_note": blob.get("git_commit_note"),
         "machine": _machine_text(blob.get("machine")),
+        "machine_class": machine_class(blob.get("machine")),
         "fixture": bool(blob.get("fixture", False)),
         "rotation_degrees": blob.get("rotation_degrees"), "note": blob.get("note", ""),
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),

@@ -14,10 +14,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from intraq.claims import FAILS, HOLDS, INCONCLUSIVE, ClaimVerdict, evaluate_claim
+from intraq.claims import (
+    NO_RESULTS,
+    NOT_COMPARABLE,
+    VERDICTS,
+    ClaimVerdict,
+    PairTest,
+    Sample,
+    evaluate_claim,
+    fmt_apart,
+)
 from intraq.report import figures as figs
 from intraq.report.load import BenchResults, load_results, summarize
-from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, PAPER_SETTING, Table, all_tables
+from intraq.report.timing import compute_of, describe
+from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, Table, all_tables
+
+LEVEL = "90%"  # the claims' two-sided interval (alpha = 0.05 each side)
+# (name shown, table, cell) of the image sets whose features the figures show
+FIGURE_CELLS = (("MDC (IntraQ)", "mdc_vs_adi", "mdc"), ("ADI", "mdc_vs_adi", "adi"),
+                ("Real data", "comparison", "real"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,17 @@ def mean_std_n(mean: float, std: float, n: int, digits: int = 2) -> str:
     return f"{fmt(mean, digits)} ± {fmt(std, digits)} (n={n})"
 
 
+def slug(text: str) -> str:
+    """GitHub's heading anchor for `text` (lower case, punctuation dropped, spaces to '-'); the HTML uses the same
+    ids, so one fragment links into both report.md and report.html."""
+    t = re.sub(r"[^\w\- ]", "", text.strip().lower())
+    return t.replace(" ", "-")
+
+
+def claim_heading(text: str) -> str:
+    return f"Claim: {text}"
+
+
 def _profile_line(profile: str) -> str:
     from intraq.profiles import PROFILES
 
@@ -84,25 +110,54 @@ def _profile_line(profile: str) -> str:
     return f"`{profile}`, {doc[0].rstrip('.')}" if doc else profile
 
 
+def our_setting(res: BenchResults) -> str:
+    """This profile's setting in words: data set, teacher(s) and their accuracy, from the records."""
+    rows = res.rows
+    teachers = sorted({f"{t} ({a:.2f}% test top-1)" for t, a in zip(rows["teacher_name"], rows["teacher"],
+                                                                      strict=True) if a == a})
+    datasets = sorted({str(d) for d in rows["dataset"]})
+    return f"profile `{res.profile}`: {', '.join(datasets)}, teacher {'; '.join(teachers) or '?'}"
+
+
+def distinct_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop_duplicates(["case", "seed"])
+
+
+def compute_text(res: BenchResults, rows: pd.DataFrame) -> str:
+    runs = distinct_runs(rows)
+    found = compute_of(res.results_dir, res.profile,
+                       [(c, int(s), float(t)) for c, s, t in zip(runs["case"], runs["seed"], runs["seconds_total"],
+                                                                 strict=True)])
+    return describe(found)
+
+
+def machine_classes_text(rows: pd.DataFrame) -> str:
+    """"<class> (k runs); <class> (m runs)" over distinct runs."""
+    runs = distinct_runs(rows)
+    counts = runs.groupby("machine_class").size()
+    return "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in counts.items())
+
+
 def header_blocks(res: BenchResults) -> list[Block]:
     rows = res.rows
-    runs = rows.drop_duplicates(["case", "seed"])
-    compute = float(runs["seconds_total"].sum()) + sum(float(f.meta.get("seconds", 0.0)) for f in res.figures.values())
-    teachers = sorted({f"{t}, {a:.2f}% test top-1" for t, a in zip(rows["teacher_name"], rows["teacher"],
-                                                                       strict=True) if a == a})
-    datasets = sorted({str(d) for d in rows["dataset"]})
+    runs = distinct_runs(rows)
+    figure_seconds = sum(float(f.meta.get("seconds", 0.0)) for f in res.figures.values())
     items = []
     if rows["fixture"].any():
         items.append("**FABRICATED TEST FIXTURE: these numbers were made up by the test suite, not measured.**")
     items += [
         f"Profile: {_profile_line(res.profile)}.",
         f"Rendered from the results folder `{Path(res.results_dir) / res.profile}/`.",
-        f"All measured numbers come from this profile's data ({', '.join(datasets)}) and teacher "
-        f"({'; '.join(teachers)}). The paper's values are for {PAPER_SETTING}; unless the profile is `imagenet`, "
-        "compare differences and claim verdicts with the paper, not absolute values.",
-        f"Hardware: {'; '.join(sorted(set(rows['machine'])))}.",
-        f"Total compute time: {compute / 60:.1f} min ({compute:.0f} s) over {len(runs)} runs "
-        f"(distinct case × seed; shared cells run once), summed over stages, plus figure-data extraction.",
+        f"Settings: ours = {our_setting(res)}. The paper's values are for the paper's setting, stated above each "
+        "table (ResNet-18 on ImageNet for the supplementary's tables, ResNet-20 on CIFAR-10 for the main "
+        "setting). Only differences inside one table carry over between settings, so each claim compares the "
+        "gap between two rows, ours (mean, interval, n) beside the paper's; no number of ours is subtracted from "
+        "one of the paper's.",
+        "Machine class = the GPU's name for a CUDA run, otherwise \"CPU <processor>, <n> cores\", plus the torch "
+        "version (from each record's `machine` field). Runs: " + machine_classes_text(rows) + ". Details: "
+        + "; ".join(sorted(set(rows["machine"]))) + ".",
+        f"Compute: {compute_text(res, rows)} (distinct case × seed; shared cells run once), plus "
+        f"{figure_seconds / 60:.1f} min of figure-data extraction.",
         f"Seeds: {', '.join(str(s) for s in sorted(set(rows['seed'])))}. "
         f"Commits: {', '.join(sorted({str(c) for c in rows['git_commit']}))}.",
     ]
@@ -132,65 +187,140 @@ def header_blocks(res: BenchResults) -> list[Block]:
             f"before) in {len(diverged)} of {len(runs)} runs: {listed}."
         )
     items += [
-        "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ".",
-        "Claims: decided on per-seed best-epoch accuracies (the paper's metric) with a Welch 90% interval of the "
-        "difference of means (one-sided 5% each way); fewer than 2 seeds or an interval that straddles the "
-        "threshold is *inconclusive*. The final-epoch verdict is shown beside it. Rules: `intraq/claims.py`.",
+        "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ". "
+        "Every `mean ± sd (n=k)`: ± = sample standard deviation (ddof 1) over the n seeds.",
+        f"Claims: decided on per-seed best-epoch accuracies (the paper's metric); the final-epoch verdict is shown "
+        f"beside it. Per pair, a {LEVEL} interval of the gap a − b: *paired* (per-seed differences, "
+        "`scipy.stats.ttest_rel`) when both cells ran the same seeds, *Welch* (`ttest_ind`, unequal variances) "
+        "otherwise; each row says which. One-sided tests at 5% in each direction, Holm-corrected across the pairs "
+        "of a claim; '≥' claims are tested as non-inferiority with the strict '>' test beside them. A pair whose "
+        f"cells ran on different machine classes is never decided (*{NOT_COMPARABLE}*). Margins are the suite's "
+        "(not the paper's), fixed before any run. Rules: `intraq/claims.py`.",
         f"Sources: results/{res.profile}/ (cells/, run records, figures-data/); rendered by `intraq report`.",
     ]
     return [Heading(1, f"IntraQ supplementary tables, profile `{res.profile}`"), Bullets(tuple(items))]
 
 
-def table_block(table: Table, summary: pd.DataFrame) -> TableBlock:
+def samples(res: BenchResults, table: Table, metric: str) -> dict[str, Sample]:
+    """Cell key -> its per-seed values of `metric` with their seeds and machine classes, for `intraq.claims`."""
+    out: dict[str, Sample] = {}
+    for cell in table.cells:
+        rows = res.cell_rows(table.key, cell.key).sort_values("seed")
+        rows = rows[rows[metric].notna()]
+        out[cell.key] = Sample(tuple(float(v) for v in rows[metric]), tuple(int(s) for s in rows["seed"]),
+                               tuple(str(m) for m in rows["machine_class"]))
+    return out
+
+
+def cell_machines(rows: pd.DataFrame) -> str:
+    """"<class> (seeds 0, 1); <class> (seed 2)" for one cell's runs."""
+    if not len(rows):
+        return "–"
+    parts = []
+    for machine, group in rows.sort_values("seed").groupby("machine_class", sort=True):
+        seeds = [str(int(s)) for s in group["seed"]]
+        parts.append(f"{machine} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})")
+    return "; ".join(parts)
+
+
+def table_setting(table: Table, res: BenchResults) -> str:
+    fp = f"; full precision {table.paper_full_precision:.2f}%" if table.paper_full_precision is not None else ""
+    return (f"Setting. Paper: {table.paper_setting}{fp} ({table.paper_ref}). Ours: {our_setting(res)}. "
+            "The paper's absolute numbers are shown for reference only; compare gaps within the table.")
+
+
+def table_block(table: Table, summary: pd.DataFrame, res: BenchResults) -> TableBlock:
     rows = summary[summary["table"] == table.key]
     fp = table.paper_full_precision
-    columns = ("Row", "Images used", "Paper (%)", "Ours best epoch (%)", "Δ best − paper", "Ours final epoch (%)",
-               "Δ final − paper", "Ours after calibration (%)", "Teacher (%)", "Case")
+    columns = ("Row", "Images used", "Paper (%, paper's setting)", "Ours best epoch (%)", "Ours final epoch (%)",
+               "Ours after calibration (%)", "Teacher (%)", "Machine class (seeds)", "Case")
     if fp is not None:
-        columns = (*columns[:-1], "Paper drop from FP", "Our drop (teacher − best)", columns[-1])
+        columns = (*columns[:-2], "Paper drop from FP", "Our drop (teacher − best)", *columns[-2:])
     out = []
     for _, r in rows.iterrows():
-        row = (
+        row: tuple[str, ...] = (
             r["label"], r["num_images"] or "–", fmt(r["paper_value"]),
-            mean_std_n(r["best_epoch_mean"], r["best_epoch_std"], r["best_epoch_n"]), fmt(r["best_epoch_diff"],
-                                                                                          signed=True),
+            mean_std_n(r["best_epoch_mean"], r["best_epoch_std"], r["best_epoch_n"]),
             mean_std_n(r["final_epoch_mean"], r["final_epoch_std"], r["final_epoch_n"]),
-            fmt(r["final_epoch_diff"], signed=True),
             mean_std_n(r["after_calibration_mean"], r["after_calibration_std"], r["after_calibration_n"]),
             fmt(r["teacher"]),
         )
         if fp is not None:
             row = (*row, fmt(fp - r["paper_value"]), fmt(r["teacher"] - r["best_epoch_mean"]))
+        row = (*row, cell_machines(res.cell_rows(table.key, r["cell"])))
         out.append((*row, f"`{r['cases']}`" if r["cases"] else "–"))
-    fp_text = f" (full precision {fp:.2f})" if fp is not None else ""
-    caption = (f"{table.paper_ref}: {table.caption} Paper values: {table.paper_setting}{fp_text} unless the row "
-               "varies it.")
+    caption = (f"{table.paper_ref}: {table.caption} Ours: mean ± sample standard deviation over the n seeds. "
+               "After calibration = activation ranges calibrated, before any fine-tuning.")
     return TableBlock(columns, tuple(out), caption)
 
 
-def claim_blocks(verdicts: Sequence[ClaimVerdict], final: Sequence[ClaimVerdict]) -> list[Block]:
+def gap_text(p: PairTest, digits: int = 2) -> str:
+    """"+0.39 [-0.20, +0.91] (n=3, paired)": the gap with its interval, ends told apart from the threshold."""
+    if p.verdict == NO_RESULTS or math.isnan(p.diff):
+        return "no results"
+    n = min(p.a_summary.n, p.b_summary.n)
+    if p.verdict == NOT_COMPARABLE:
+        return f"{fmt(p.diff, digits, signed=True)} (n={n}; machines differ, not decided)"
+    if not p.interval_kind:
+        return f"{fmt(p.diff, digits, signed=True)} (n={n}, no interval)"
+    lo = fmt_apart(p.ci_low, p.threshold, digits)
+    hi = fmt_apart(p.ci_high, p.threshold, digits)
+    return f"{fmt(p.diff, digits, signed=True)} [{lo}, {hi}] (n={p.n}, {p.interval_kind})"
+
+
+def paper_gap(table: Table | None, p: PairTest) -> str:
+    if table is None:
+        return "–"
+    keys = {c.key for c in table.cells}
+    if p.a not in keys or p.b not in keys:
+        return "–"
+    return fmt(table.cell(p.a).paper.value - table.cell(p.b).paper.value, signed=True)
+
+
+def verdict_line(best: ClaimVerdict, fin: ClaimVerdict | None) -> str:
+    text = f"Verdict (best epoch): **{best.verdict}**"
+    if best.strict_verdict is not None:
+        text += f" (strict '>' test: **{best.strict_verdict}**)"
+    if fin is not None:
+        text += f"; final epoch: **{fin.verdict}**"
+        if fin.strict_verdict is not None:
+            text += f" (strict: **{fin.strict_verdict}**)"
+    return text
+
+
+def claim_blocks(table: Table | None, verdicts: Sequence[ClaimVerdict], final: Sequence[ClaimVerdict | None],
+                 digits: int = 2) -> list[Block]:
+    """Per claim: a heading (the index links here), the verdicts, the test in words, and one row per pair and
+    metric with the paper's gap beside ours."""
     blocks: list[Block] = []
     for best, fin in zip(verdicts, final, strict=True):
-        blocks.append(Para(f"**Claim: {best.claim.text}.** Verdict (best epoch): **{best.verdict}**; "
-                           f"final epoch: **{fin.verdict}**. Test: {best.test}"))
+        blocks.append(Heading(3, claim_heading(best.claim.text)))
+        blocks.append(Para(f"{verdict_line(best, fin)}. Test: {best.test}"))
         rows = []
         for metric, v in (("best epoch", best), ("final epoch", fin)):
+            if v is None:
+                continue
             for p in v.pairs:
-                rows.append((
-                    metric, f"{p.a} vs {p.b}", mean_std_n(p.a_summary.mean, p.a_summary.std, p.a_summary.n),
-                    mean_std_n(p.b_summary.mean, p.b_summary.std, p.b_summary.n), fmt(p.diff, signed=True),
-                    f"[{fmt(p.ci_low, signed=True)}, {fmt(p.ci_high, signed=True)}]", fmt(p.margin, signed=True),
-                    p.verdict, p.reason,
-                ))
-        blocks.append(TableBlock(("Accuracy", "Pair (a vs b)", "a (%)", "b (%)", "a − b", "90% CI", "Threshold",
-                                  "Verdict", "Why"), tuple(rows)))
+                row = (metric, f"{p.a} − {p.b}", mean_std_n(p.a_summary.mean, p.a_summary.std, p.a_summary.n, digits),
+                       mean_std_n(p.b_summary.mean, p.b_summary.std, p.b_summary.n, digits), paper_gap(table, p),
+                       gap_text(p, digits), p.machines or "–", fmt(p.threshold, digits, signed=True), p.verdict)
+                if best.strict_verdict is not None:
+                    row = (*row, p.strict.verdict if p.strict is not None else "–")
+                why = p.reason if p.verdict != NOT_COMPARABLE else (
+                    "not decided: the cells ran on different machine classes (Machine class column); re-run "
+                    "both on one class")
+                rows.append((*row, why))
+        columns = ("Metric", "Gap a − b", "a: mean ± sd (n)", "b: mean ± sd (n)", "Paper's gap (paper's setting)",
+                   f"Our gap [{LEVEL} interval] (n, type)", "Machine class", "Threshold", "Verdict")
+        if best.strict_verdict is not None:
+            columns = (*columns, "Strict a > b")
+        blocks.append(TableBlock((*columns, "Why"), tuple(rows)))
     return blocks
 
 
 def _method_figure_data(res: BenchResults) -> list[figs.MethodFigureData]:
     out = []
-    for name, table, cell in (("MDC (IntraQ)", "mdc_vs_adi", "mdc"), ("ADI", "mdc_vs_adi", "adi"),
-                              ("Real data", "comparison", "real")):
+    for name, table, cell in FIGURE_CELLS:
         rows = res.cell_rows(table, cell).sort_values("seed")
         found = [res.figures[k] for k in (f"{c}-seed{s}" for c, s in zip(rows["case"], rows["seed"], strict=True))
                  if k in res.figures]
@@ -199,9 +329,21 @@ def _method_figure_data(res: BenchResults) -> list[figs.MethodFigureData]:
     return out
 
 
-def figure_verdict(methods: Sequence[figs.MethodFigureData]) -> ClaimVerdict:
+def figure_samples(res: BenchResults) -> dict[str, Sample]:
+    """Method name -> per-seed intra-class diversity, with seeds and machine classes of the runs behind them."""
+    out: dict[str, Sample] = {}
+    for name, table, cell in FIGURE_CELLS:
+        rows = res.cell_rows(table, cell).sort_values("seed")
+        picked = [(res.figures[f"{r.case}-seed{r.seed}"].diversity, int(r.seed), str(r.machine_class))
+                  for r in rows.itertuples() if f"{r.case}-seed{r.seed}" in res.figures]
+        if picked:
+            out[name] = Sample(*(tuple(x) for x in zip(*picked, strict=True)))
+    return out
+
+
+def figure_verdict(res: BenchResults) -> ClaimVerdict:
     """Figure 1's claim on the measured intra-class diversity, per seed, with the accuracy claims' rules."""
-    return evaluate_claim(FIGURE_CLAIM, {m.name: list(m.diversities) for m in methods}, "intra_class_diversity")
+    return evaluate_claim(FIGURE_CLAIM, figure_samples(res), "intra_class_diversity")
 
 
 def figure_blocks(res: BenchResults, methods: Sequence[figs.MethodFigureData]) -> list[Block]:
@@ -228,19 +370,19 @@ def figure_blocks(res: BenchResults, methods: Sequence[figs.MethodFigureData]) -
         for m in methods
     )
     blocks.append(TableBlock(
-        ("Method", "Intra-class diversity (mean ± std over seeds)", "Images measured", "Feature dim", "Case"), rows,
+        ("Method", "Intra-class diversity (mean ± sample sd over seeds)", "Images measured", "Feature dim",
+         "Case"), rows,
         "Intra-class diversity = mean pairwise cosine distance (1 − cos) of the teacher's penultimate features "
         "between images of the same class, averaged over classes with ≥ 2 images, on each whole image set. "
         "The figure's claim ('MDC scatters a lot, ADI is in a dense concentration') predicts MDC > ADI.",
     ))
-    verdict = figure_verdict(methods)
-    pairs = "; ".join(f"{p.a} − {p.b} = {fmt(p.diff, 3, signed=True)}, 90% CI [{fmt(p.ci_low, 3, signed=True)}, "
-                      f"{fmt(p.ci_high, 3, signed=True)}]: {p.reason}" for p in verdict.pairs)
-    blocks.append(Para(f"**Claim: {FIGURE_CLAIM.text}.** Verdict: **{verdict.verdict}**. {pairs}. "
-                       f"Test: {verdict.test}"))
+    blocks += claim_blocks(None, [figure_verdict(res)], [None], digits=3)
     blocks.append(FigureBlock("diversity.png", figs.diversity_figure(methods),
-                              "Intra-class diversity per method: bar = mean over seeds, dots = single seeds."))
+                              "Intra-class diversity per method: bar = mean over seeds, error bar = sample "
+                              "standard deviation, dots = single seeds."))
     return blocks
+
+
 
 
 def throughput_blocks(results_dir: Path) -> list[Block]:
@@ -270,15 +412,28 @@ def throughput_blocks(results_dir: Path) -> list[Block]:
 
 
 def compute_line(res: BenchResults, table: Table) -> str:
-    """The compute behind one table: summed run time of its distinct (case, seed) runs, and where they ran."""
-    rows = res.rows[res.rows["table"] == table.key].drop_duplicates(["case", "seed"])
+    """The compute behind one table, labelled: wall time and summed run time, overall and per machine class."""
+    rows = res.rows[res.rows["table"] == table.key]
     if not len(rows):
         return "Compute: no runs yet."
-    seconds = float(rows["seconds_total"].sum())
-    per_machine = rows.groupby("machine")["seconds_total"].agg(["sum", "count"])
-    where = "; ".join(f"{int(r['count'])} on {m} ({r['sum'] / 60:.1f} min)" for m, r in per_machine.iterrows())
-    return (f"Compute for this table: {seconds / 60:.1f} min over {len(rows)} runs (a run shared with other tables "
-            f"counts in each; runs in parallel overlap in wall time): {where}.")
+    per_class = "; ".join(f"{m}: {compute_text(res, group)}" for m, group in rows.groupby("machine_class"))
+    return (f"Compute for this table: {compute_text(res, rows)} (a run shared with other tables counts in each). "
+            f"Per machine class: {per_class}.")
+
+
+def glance_row(title: str, table: Table | None, best: ClaimVerdict, fin: ClaimVerdict | None) -> tuple[str, ...]:
+    gaps = "; ".join(f"{p.a} − {p.b}: {gap_text(p, 3 if table is None else 2)}" for p in best.pairs)
+    paper = "; ".join(f"{p.a} − {p.b}: {paper_gap(table, p)}" for p in best.pairs) if table is not None else "–"
+    classes = sorted({m for p in best.pairs for m in p.machine_classes})
+    machines = " + ".join(classes) + (" (differ)" if len(classes) > 1 else "") if classes else "–"
+    strict = best.strict_verdict or "–"
+    return (title, best.claim.text, best.verdict, strict, fin.verdict if fin is not None else "n/a (features)",
+            gaps, paper, machines)
+
+
+GLANCE_COLUMNS = ("Table", "Paper's claim", "Verdict (best epoch)", "Strict '>' (for '≥')", "Verdict (final epoch)",
+                  f"Our gaps, best epoch [{LEVEL} interval] (n, type)", "Paper's gaps (paper's setting)",
+                  "Machine class")
 
 
 def build_report(res: BenchResults) -> Report:
@@ -288,13 +443,13 @@ def build_report(res: BenchResults) -> Report:
     overview: list[tuple[str, ...]] = []
     sections: list[Block] = []
     for i, table in enumerate(all_tables(), start=1):
-        best = [evaluate_claim(c, res.values(table.key, "best_epoch"), "best_epoch") for c in table.claims]
-        final = [evaluate_claim(c, res.values(table.key, "final_epoch"), "final_epoch") for c in table.claims]
+        best = [evaluate_claim(c, samples(res, table, "best_epoch"), "best_epoch") for c in table.claims]
+        final = [evaluate_claim(c, samples(res, table, "final_epoch"), "final_epoch") for c in table.claims]
         report.verdicts += best
         for b, f in zip(best, final, strict=True):
-            overview.append((table.title, b.claim.text, b.verdict, f.verdict))
-        sections += [Heading(2, f"{i}. {table.title} ({table.paper_ref})"), table_block(table, summary),
-                     Para(compute_line(res, table))]
+            overview.append(glance_row(table.title, table, b, f))
+        sections += [Heading(2, f"{i}. {table.title} ({table.paper_ref})"), Para(table_setting(table, res)),
+                     table_block(table, summary, res), Para(compute_line(res, table))]
         if table.key == "data_amount":
             sizes = summary[summary["table"] == "data_amount"]["num_images"]
             used = ", ".join(f"{n:,} → {u}" for n, u in zip(
@@ -302,20 +457,19 @@ def build_report(res: BenchResults) -> Report:
             sections.append(Para(f"Images used per paper amount at `{res.profile}`: {used} (amounts scaled by the "
                                  f"profile's num_images / {PAPER_BASE_IMAGES:,}, rounded, ≥ 1 image)."))
             sections.append(FigureBlock("data-amount.png", figs.data_amount_figure(summary, res.profile),
-                                        "Data-amount curve: ours (best and final epoch, mean ± std over seeds) and "
-                                        "the change relative to the 5,120-image row, ours and the paper's."))
+                                        "Data-amount curve: ours (best and final epoch, mean ± sample standard "
+                                        "deviation over seeds) and the change relative to the 5,120-image row, "
+                                        "ours and the paper's (each in its own setting)."))
         sections += [Bullets(tuple(f"Caveat: {c}" for c in table.caveats))] if table.caveats else []
         notes = [f"{c.label}: {c.note}" for c in table.cells if c.note]
         sections += [Para("Cells: " + "; ".join(notes) + ".")] if notes else []
-        sections += claim_blocks(best, final)
+        sections += claim_blocks(table, best, final)
     methods = _method_figure_data(res)
     if methods:
-        report.verdicts.append(figure_verdict(methods))
-        overview.append(("Figure 1 (diversity)", FIGURE_CLAIM.text, report.verdicts[-1].verdict,
-                         "n/a (measured on features)"))
-    report.blocks += [Heading(2, "Claims at a glance"),
-                      TableBlock(("Table", "Paper's claim", "Verdict (best epoch)", "Verdict (final epoch)"),
-                                 tuple(overview))]
+        report.verdicts.append(figure_verdict(res))
+        overview.append(glance_row("Figure 1 (diversity)", None, report.verdicts[-1], None))
+    report.blocks += [Heading(2, "Claims at a glance"), TableBlock(GLANCE_COLUMNS, tuple(overview),
+                      "Gaps: ours on this profile's setting, the paper's on its own; compare the two, never across.")]
     report.blocks += sections + figure_blocks(res, methods) + throughput_blocks(res.results_dir)
     return report
 
@@ -328,8 +482,12 @@ def _md_cell(text: str) -> str:
 
 
 def to_markdown(report: Report) -> str:
+    return blocks_markdown(report.blocks)
+
+
+def blocks_markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
-    for b in report.blocks:
+    for b in blocks:
         if isinstance(b, Heading):
             out.append(f"{'#' * b.level} {b.text}\n")
         elif isinstance(b, Para):
@@ -353,9 +511,17 @@ def _inline_html(text: str) -> str:
     t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
     t = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", t)
-    for word in (HOLDS, FAILS, INCONCLUSIVE):
-        t = re.sub(rf"<strong>{word}</strong>", f'<strong class="v-{word}">{word}</strong>', t)
+    # [text](target.md#anchor) -> a link to the HTML page beside it
+    t = re.sub(r"\[([^\]]+)\]\(([^)\s]+?)\.md(#[^)\s]*)?\)", r'<a href="\2.html\3">\1</a>', t)
+    for word in VERDICTS:
+        t = t.replace(f"<strong>{html.escape(word)}</strong>",
+                      f'<strong class="{verdict_class(word)}">{html.escape(word)}</strong>')
     return t
+
+
+def verdict_class(verdict: str) -> str:
+    """CSS class of a verdict: "v-holds", "v-not-comparable", ..."""
+    return "v-" + re.sub(r"[^a-z]+", "-", verdict.split(" (")[0].lower()).strip("-")
 
 
 CSS = """
@@ -371,21 +537,28 @@ figcaption { font-style: italic; color: #555; font-size: .9rem; }
 code { background: #f5f5f5; padding: 0 .2rem; }
 td.v-holds, .v-holds { color: #176b1c; font-weight: 600; } td.v-fails, .v-fails { color: #b3261e; font-weight: 600; }
 td.v-inconclusive, .v-inconclusive { color: #8a6d00; font-weight: 600; }
+td.v-no-results, .v-no-results { color: #666; font-weight: 600; }
+td.v-not-comparable, .v-not-comparable { color: #5b3a99; font-weight: 600; }
 """
 
 
 def _html_cell(text: str) -> str:
-    if text in (HOLDS, FAILS, INCONCLUSIVE):
-        return f'<td class="v-{text}">{text}</td>'
+    if text in VERDICTS:
+        return f'<td class="{verdict_class(text)}">{html.escape(text)}</td>'
     return f"<td>{_inline_html(text)}</td>"
 
 
 def to_html(report: Report) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>IntraQ supplementary "
-             f"tables, profile {html.escape(report.profile)}</title><style>{CSS}</style></head><body>"]
-    for b in report.blocks:
+    return blocks_html(report.blocks, f"IntraQ supplementary tables, profile {report.profile}")
+
+
+def blocks_html(blocks: Sequence[Block], title: str) -> str:
+    """One self-contained page; headings carry GitHub's anchor as id, so links into report.md work here too."""
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+             f"</title><style>{CSS}</style></head><body>"]
+    for b in blocks:
         if isinstance(b, Heading):
-            parts.append(f"<h{b.level}>{_inline_html(b.text)}</h{b.level}>")
+            parts.append(f'<h{b.level} id="{html.escape(slug(b.text))}">{_inline_html(b.text)}</h{b.level}>')
         elif isinstance(b, Para):
             parts.append(f"<p>{_inline_html(b.text)}</p>")
         elif isinstance(b, Bullets):
