@@ -211,11 +211,28 @@ def _official_run_in_processes(processes: int, stacked: int, capture: str | None
             "seconds_per_run": slowest / (processes * stacked), "per_process": each}
 
 
+def official_run_flops(device: torch.device) -> float:
+    """Counted FLOPs of one official cifar10 run: 5,120 x 1,000 image-iterations of generation, 147 x 200 x 256
+    KD steps, 151 evaluations of 10,000 images and 800 x 16 calibration forwards (the GDFQ calibration
+    generator's own training left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    generation = _generation_flops("resnet20", 10, 32, device)
+    kd = measure_finetune(build_model("resnet20", 10), batch=4, warmup=0, steps=1, peak=1.0, device=device)
+    model = build_model("resnet20", 10).eval().to(device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, 3, 32, 32, device=device))
+    forward = counter.get_total_flops() / 2
+    return generation * 5120 * 1000 + kd.flops_per_item * 256 * 200 * 147 + forward * (10_000 * 151 + 16 * 800)
+
+
 def test_throughput_official_cifar10_run(benchmark, device, peak, collected, capture, tmp_path):
     """GPU seconds of one official cifar10 run at the best concurrency (stacked in one process, or processes)."""
     if device.type != "cuda":
         pytest.skip("the official-run cost is measured on CUDA (hours on a CPU)")
     from intraq.fast.official_run import measure_official_run
+
+    flops = official_run_flops(device)
 
     def publish(trials: dict[str, dict]) -> dict:
         """Write the row after every trial: a run cut short by the device script's time limit keeps them."""
@@ -223,6 +240,7 @@ def test_throughput_official_cifar10_run(benchmark, device, peak, collected, cap
         first = next(iter(trials.values()))
         row = {"seconds": best["seconds_per_run"], "concurrency": best["concurrency"], "best": best_name,
                "trials": trials, "target_seconds": 90, "goal_seconds": 30, "peak_flops": peak,
+               "flops_per_run": flops, "fraction_of_peak": flops / best["seconds_per_run"] / peak,
                "scaling": first.get("detail", {}).get("scaling", "")}
         collected["official_cifar10_run"] = row
         return row
