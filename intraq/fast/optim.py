@@ -1,9 +1,9 @@
-"""Functional optimizers for several runs stacked along a leading run axis, with per-run tensor learning rates.
+"""Functional SGD and plateau schedule for R runs stacked along a leading axis, with per-run tensor lr.
 
 No host value enters a step (lr, step count and plateau state are device tensors), so a step can be captured
 in a CUDA graph once and replayed. The arithmetic is torch's: SGD with momentum/Nesterov/weight decay
-(`torch.optim.SGD`, dampening 0: a zero-initialised buffer gives exactly its first-step clone), Adam
-(`torch.optim.Adam`, default betas/eps, no weight decay), and ReduceLROnPlateau's rule as
+(`torch.optim.SGD`, dampening 0: a zero-initialised buffer gives exactly its first-step clone) and
+ReduceLROnPlateau's rule as
 `intraq.synthesis.plateau.DevicePlateau` keeps it on the device. Equal to them up to float rounding.
 """
 
@@ -30,23 +30,6 @@ def sgd_step(
             buf.mul_(momentum).add_(d_p)
             d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
         p.sub_(per_run(lr, p, stacked) * d_p)
-
-
-@torch.no_grad()
-def adam_step(
-    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor], step: torch.Tensor, lr: torch.Tensor, stacked: bool,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-) -> None:
-    beta1, beta2 = betas
-    step.add_(1)
-    bias_correction1 = 1 - torch.pow(beta1, step)
-    bias_correction2_sqrt = (1 - torch.pow(beta2, step)).sqrt()
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / per_run(bias_correction2_sqrt, p, stacked)).add_(eps)
-        p.sub_(per_run(lr / bias_correction1, p, stacked) * (m / denom))
 
 
 class PlateauState:
