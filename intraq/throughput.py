@@ -75,26 +75,33 @@ def count_flops(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
-def _time(step: Callable[[], None], warmup: int, steps: int) -> float:
+def _sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(step: Callable[[], None], warmup: int, steps: int, device: str | torch.device = "cpu") -> float:
     for _ in range(warmup):
         step()
+    _sync(device)
     tic = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     return (time.perf_counter() - tic) / steps
 
 
 def generation_step(
     teacher: nn.Module, batch: int, image_size: int, channels_last: bool, fast_bns: bool, seed: int = 0,
-    compiled: bool = False,
+    compiled: bool = False, device: str | torch.device = "cpu",
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """One IntraQ-style image update (BNS + CE, no LOR); returns (step, cleanup)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    teacher = teacher.eval().requires_grad_(False).to(memory_format=memory_format)
+    teacher = teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, image_size, image_size, generator=generator)
+    x = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
     x = x.contiguous(memory_format=memory_format).requires_grad_(True)
-    labels = torch.randint(0, 10, (batch,), generator=generator)
+    labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     optimizer = torch.optim.Adam([x], lr=0.5)
     bns = BNStatsLoss(teacher, fast=fast_bns)
 
@@ -117,13 +124,15 @@ def generation_step(
 def measure_generation(
     teacher: nn.Module, batch: int = 256, image_size: int = 32, channels_last: bool = True, fast_bns: bool = True,
     warmup: int = 2, steps: int = 8, peak: float | None = None, compiled: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Throughput:
-    plain_step, plain_cleanup = generation_step(teacher, batch, image_size, channels_last, fast_bns)
+    plain_step, plain_cleanup = generation_step(teacher, batch, image_size, channels_last, fast_bns, device=device)
     flops = count_flops(plain_step) / batch
     plain_cleanup()
-    step, cleanup = generation_step(teacher, batch, image_size, channels_last, fast_bns, compiled=compiled)
+    step, cleanup = generation_step(teacher, batch, image_size, channels_last, fast_bns, compiled=compiled,
+                                    device=device)
     try:
-        seconds = _time(step, warmup + (2 if compiled else 0), steps)
+        seconds = _time(step, warmup + (2 if compiled else 0), steps, device)
     finally:
         cleanup()
     name = "generation" + (" (compiled)" if compiled else "" if channels_last and fast_bns else " (reference path)")
@@ -133,15 +142,15 @@ def measure_generation(
 
 def measure_finetune(
     teacher: nn.Module, batch: int = 256, image_size: int = 32, channels_last: bool = True,
-    warmup: int = 2, steps: int = 8, peak: float | None = None,
+    warmup: int = 2, steps: int = 8, peak: float | None = None, device: str | torch.device = "cpu",
 ) -> Throughput:
     """One KD fine-tuning step of the W4A4 student (augment, teacher forward, student forward+backward, SGD)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    teacher = teacher.eval().requires_grad_(False).to(memory_format=memory_format)
+    teacher = teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
     student = quantize_model(teacher, QuantConfig()).requires_grad_(True)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, image_size, image_size, generator=generator)
-    labels = torch.randint(0, 10, (batch,), generator=generator)
+    images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     set_act_calibration(student, True)
     with torch.no_grad():
         student(images)
@@ -160,6 +169,105 @@ def measure_finetune(
         optimizer.step()
 
     flops = count_flops(step) / batch
-    seconds = _time(step, warmup, steps)
+    seconds = _time(step, warmup, steps, device)
     return Throughput("fine-tuning", batch / seconds, flops, peak or matmul_peak_flops(), seconds, batch,
+                      torch.get_num_threads())
+
+
+def cuda_tf32_peaks(repeats: int = 10, device: str | torch.device = "cuda") -> dict[str, float]:
+    """The GPU's measured TF32 peak: a large matmul and a large 3x3 convolution (cuDNN), TF32 allowed for the
+    measurement only. Fractions of peak below are relative to the larger of the two."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    try:
+        n = 8192
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        x = torch.randn(256, 256, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+
+        def best(fn: Callable[[], object]) -> float:
+            fn()
+            _sync(device)
+            fastest = float("inf")
+            for _ in range(repeats):
+                tic = time.perf_counter()
+                fn()
+                _sync(device)
+                fastest = min(fastest, time.perf_counter() - tic)
+            return fastest
+
+        conv_flops = 2 * 256 * 56 * 56 * 256 * 256 * 9
+        return {"mm_tf32": 2 * n**3 / best(lambda: a @ b),
+                "conv3x3_tf32": conv_flops / best(lambda: torch.nn.functional.conv2d(x, w, padding=1))}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def measure_generation_fast(
+    model: str, num_classes: int, batch: int, image_size: int, runs: int, device: torch.device, flops_per_item: float,
+    peak: float, capture: str | None = None, iterations: int = 20,
+) -> Throughput:
+    """Image-iterations per second of the fast stage-1 path (R runs stacked; IntraQ losses with LOR and MDC).
+
+    Timed on a second batch of `iterations` (the first pays capture/compilation)."""
+    from intraq.fast.official_run import official_synth_settings
+    from intraq.fast.settings import default_fast_settings
+    from intraq.fast.synthesis import StackedBatchOptimizer, draw_batch
+    from intraq.teacher.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(model, num_classes).eval().to(device)
+    settings = official_synth_settings(iterations, batch)
+    fast = default_fast_settings(device, capture)
+    optimizer = StackedBatchOptimizer(teacher, settings, runs, batch, (3, image_size, image_size), device, fast)
+    try:
+        seconds = 0.0
+        for k in range(2):
+            draws = [draw_batch(seed, k, batch, 3, image_size, num_classes, settings) for seed in range(runs)]
+            _sync(device)
+            tic = time.perf_counter()
+            optimizer.optimize(draws, [None] * runs)
+            _sync(device)
+            seconds = time.perf_counter() - tic
+    finally:
+        optimizer.close()
+    name = f"generation fast ({model}, {image_size}px, x{runs} runs, capture {fast.capture})"
+    return Throughput(name, runs * batch * iterations / seconds, flops_per_item, peak, seconds / iterations,
+                      batch * runs, torch.get_num_threads())
+
+
+def measure_finetune_fast(
+    model: str, num_classes: int, batch: int, image_size: int, runs: int, device: torch.device, flops_per_item: float,
+    peak: float, capture: str | None = None, steps: int = 20, n_images: int = 512,
+) -> Throughput:
+    """Images per second of the fast stage-2 KD step (R runs stacked), from the steady KD epochs of a short run."""
+    from intraq.fast.finetune import FinetuneRun, finetune_fast
+    from intraq.fast.settings import default_fast_settings
+    from intraq.finetune.trainer import ImageSetCalibration
+    from intraq.teacher.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(model, num_classes).eval().to(device)
+    cfg = FinetuneConfig(epochs=4, calib_epochs=1, iters_per_epoch=steps, batch_size=batch, calib_source="train",
+                         eval_every=1000)
+    g = torch.Generator().manual_seed(0)
+    runs_in = []
+    for seed in range(runs):
+        images = torch.randn(n_images, 3, image_size, image_size, generator=g)
+        calib = ImageSetCalibration(images, batch, torch.Generator().manual_seed(seed), device)
+        runs_in.append(FinetuneRun(quantize_model(teacher, QuantConfig()).to(device), images,
+                                   torch.randint(0, num_classes, (n_images,), generator=g), calib, seed, cfg))
+    stamps: list[float] = []
+
+    def on_epoch(epoch: int) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    test_x = torch.randn(2 * batch, 3, image_size, image_size, generator=g)
+    test_y = torch.randint(0, num_classes, (2 * batch,), generator=g)
+    fast = default_fast_settings(device, capture)
+    finetune_fast(runs_in, teacher, test_x, test_y, device, fast, progress=False, on_epoch=on_epoch)
+    seconds = stamps[2] - stamps[1]  # the second KD epoch: capture done, no evaluation
+    name = f"fine-tuning fast ({model}, {image_size}px, x{runs} runs, capture {fast.capture})"
+    return Throughput(name, runs * batch * steps / seconds, flops_per_item, peak, seconds / steps, batch * runs,
                       torch.get_num_threads())

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The prepared GPU check of issue 12, for a lent GPU machine (see README, "Fast path and the device script").
+#
+#   bash bench/device/check.sh OUTDIR            # on the GPU machine, from the repository root (< 8 minutes)
+#   bash bench/device/check.sh --dry-run OUTDIR  # anywhere: the same steps, tiny and on the CPU (tests use it)
+#
+# Steps, each under its own time limit; whatever finished is in OUTDIR even when a later step fails:
+#   1. env.json        python, torch, CUDA, GPU, TF32/cuDNN flags; missing Python packages installed from .whl/
+#                      if the tree carries any (the machine has no network)
+#   2. equality.json   fast path = reference path on this device (python -m intraq.fast.device_check)
+#   3. <gpu>.json      the CUDA throughput benchmark (pytest bench -k throughput): the official-run cost first,
+#                      then reference / fast / stacked throughput of ResNet-20 and ResNet-18
+#   summary.txt        one line per step: ok / failed (exit code) / timed out, and its seconds
+# Exit status: 0 if every step passed, else 1.
+set -euo pipefail
+
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+if [[ $# -ne 1 ]]; then
+  echo "usage: bash bench/device/check.sh [--dry-run] OUTDIR" >&2
+  exit 2
+fi
+OUT="$1"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+: > "$OUT/summary.txt"
+STATUS=0
+
+# run_step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, record the outcome, never abort.
+run_step() {
+  local name="$1" limit="$2"; shift 2
+  local start rc=0
+  start=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  local took=$(( $(date +%s) - start ))
+  if [[ $rc -eq 0 ]]; then
+    echo "$name ok ${took}s" >> "$OUT/summary.txt"
+  elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    echo "$name timed-out ${took}s (limit ${limit}s)" >> "$OUT/summary.txt"; STATUS=1
+  else
+    echo "$name failed rc=$rc ${took}s" >> "$OUT/summary.txt"; STATUS=1
+  fi
+  tail -n 3 "$OUT/$name.log" || true
+}
+
+if [[ -d .whl ]] && compgen -G ".whl/*.whl" > /dev/null; then
+  run_step install 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+run_step env 30 "$PY" -c "
+import json, platform, sys, torch
+from intraq.fast.settings import NumericSettings, current_numeric_settings
+NumericSettings().apply()
+info = {'python': sys.version, 'torch': torch.__version__, 'cuda': torch.version.cuda,
+        'cuda_available': torch.cuda.is_available(), 'host': platform.node(),
+        'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        'numeric': current_numeric_settings()}
+json.dump(info, open('$OUT/env.json', 'w'), indent=2); print(info)
+"
+
+if [[ $DRY -eq 1 ]]; then
+  run_step equality 300 "$PY" -m intraq.fast.device_check --out "$OUT/equality.json" --device cpu \
+    --steps 6 --iterations 2 --only finetune,stacked --small
+  INTRAQ_THROUGHPUT_DIR="$OUT" run_step throughput 300 "$PY" -m pytest -q -p no:cacheprovider \
+    bench/bench_throughput.py -k "official_cifar10_run" --device cpu
+else
+  run_step equality 120 "$PY" -m intraq.fast.device_check --out "$OUT/equality.json" --device cuda \
+    --steps 300 --iterations 200
+  # The key number first (official-run cost), then the per-path throughput, into one merged record.
+  INTRAQ_THROUGHPUT_DIR="$OUT" INTRAQ_BENCH_STACKED="${INTRAQ_BENCH_STACKED:-1,8}" \
+    INTRAQ_BENCH_PROCESSES="${INTRAQ_BENCH_PROCESSES:-2}" run_step official_run 180 "$PY" -m pytest -q \
+    -p no:cacheprovider bench/bench_throughput.py -k "official_cifar10_run" --device cuda
+  INTRAQ_THROUGHPUT_DIR="$OUT" INTRAQ_BENCH_STACKED="${INTRAQ_BENCH_STACKED:-1,8}" run_step throughput 120 \
+    "$PY" -m pytest -q -p no:cacheprovider bench/bench_throughput.py \
+    -k "throughput and not official and not compiled" --device cuda
+fi
+cat "$OUT/summary.txt"
+exit $STATUS

@@ -1,0 +1,300 @@
+"""Stage 2 fast path: calibration, then KD fine-tuning of R quantized students stepped together.
+
+The algorithm is the reference trainer's (`intraq.finetune.trainer.finetune`): the same calibration, sampler,
+crops and flips (replayed by `schedule.epoch_schedule` from the same seeded generator), KD loss
+(`kd_loss_intraq`), SGD with Nesterov momentum and weight decay, multi-step lr, test evaluation at the same
+epochs, best/final/after-calibration accuracies, stop on a non-finite epoch loss. What differs is only how it
+runs: images, labels and the test set resident on the device; each epoch's draws uploaded once; no host
+sync inside an epoch (losses are summed on the device and read at the epoch's end); the step optionally
+captured once (`FastSettings.capture`); with R > 1 runs, the students are stacked
+(`torch.func.stack_module_state`) and stepped with `vmap` + `functional_call`, the teacher runs once on all R
+batches. A stacked run equals the same run alone up to float reordering (tests/test_fast_stacked.py).
+
+Not here: resuming an interrupted stage 2 (a fast run is short; it restarts from its calibrated start).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
+
+from intraq.config import FinetuneConfig
+from intraq.fast.capture import StepRunner, compile_loss
+from intraq.fast.optim import sgd_step
+from intraq.fast.schedule import epoch_schedule, finetune_lor_settings, to_device
+from intraq.fast.settings import FastSettings
+from intraq.finetune.kd import kd_loss_intraq
+from intraq.finetune.trainer import CalibrationSource, EpochSampler, calibrate, multi_step_lr
+from intraq.results import sitting
+from intraq.synthesis.lor import apply_affine
+
+# Fields that every stacked run must share (they shape the step); lr, lr_steps and lr_decay may differ.
+SHARED_FIELDS = ("epochs", "iters_per_epoch", "batch_size", "momentum", "nesterov", "weight_decay", "temperature",
+                 "alpha", "calib_epochs", "crop_scale", "flip", "eval_every")
+
+
+@dataclass
+class FinetuneRun:
+    """One run of stage 2: its quantized (uncalibrated) student, image set, calibration source, seed, config."""
+
+    student: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    calibration: CalibrationSource
+    seed: int
+    cfg: FinetuneConfig
+
+
+@dataclass
+class FastFinetuneResult:
+    """The reference's FinetuneResult fields, plus how the fast path ran (settings, TF32/cuDNN flags)."""
+
+    acc_after_calibration: float
+    acc_final: float
+    acc_best: float
+    best_epoch: int
+    diverged_at_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sittings: list[dict] = field(default_factory=list)
+    fast: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize_history(history: list[dict], calib_epochs: int) -> dict:
+    """After-calibration, final and best-epoch accuracies; ties for best go to the later epoch (as the reference)."""
+    evaluated = [h for h in history if "acc" in h]
+    best = max(evaluated, key=lambda h: (h["acc"], h["epoch"]))
+    return {
+        "acc_after_calibration": next(h["acc"] for h in evaluated if h["epoch"] == calib_epochs - 1),
+        "acc_final": evaluated[-1]["acc"],
+        "acc_best": best["acc"],
+        "best_epoch": best["epoch"],
+        "diverged_at_epoch": next((h["epoch"] for h in history if h.get("diverged")), None),
+    }
+
+
+def check_stackable(runs: list[FinetuneRun]) -> None:
+    if not runs:
+        raise ValueError("finetune_fast needs at least one run")
+    first = runs[0]
+    for run in runs[1:]:
+        for name in SHARED_FIELDS:
+            if getattr(run.cfg, name) != getattr(first.cfg, name):
+                raise ValueError(f"stacked runs must share finetune.{name}; got {getattr(first.cfg, name)!r} "
+                                 f"and {getattr(run.cfg, name)!r}: run them in separate groups")
+        if run.images.shape != first.images.shape or run.labels.shape != first.labels.shape:
+            raise ValueError("stacked runs need image sets of the same shape; run them in separate groups")
+    if first.cfg.calib_epochs < 1 or first.cfg.epochs <= first.cfg.calib_epochs:
+        raise ValueError(f"need 1 <= calib_epochs < epochs, got {first.cfg.calib_epochs} and {first.cfg.epochs}")
+
+
+class StudentStack:
+    """R students as one set of (R, ...) parameters (or the one student itself when R == 1)."""
+
+    def __init__(self, students: list[nn.Module], channels_last: bool) -> None:
+        self.r = len(students)
+        self.stacked = self.r > 1
+        if self.stacked:
+            params, buffers = stack_module_state(students)
+            self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+            self.buffers = buffers
+            self.base = copy.deepcopy(students[0]).eval()
+        else:
+            self.base = students[0]
+            if channels_last:
+                self.base.to(memory_format=torch.channels_last)
+            self.params = {k: p for k, p in self.base.named_parameters()}
+            self.buffers = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, B, C, H, W) -> logits (R, B, K)."""
+        if not self.stacked:
+            return self.base(x[0]).unsqueeze(0)
+
+        def one(params: dict, buffers: dict, xr: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, (params, buffers), (xr,))
+
+        return vmap(one)(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Top-1 in percent per run (R,), the test set resident on the device, in large batches."""
+        correct = torch.zeros(self.r, dtype=torch.long, device=images.device)
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            if self.stacked:
+                def one(params: dict, buffers: dict, xb: torch.Tensor) -> torch.Tensor:
+                    return functional_call(self.base, (params, buffers), (xb,))
+
+                logits = vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x)
+            else:
+                logits = self.base(x).unsqueeze(0)
+            correct += (logits.argmax(-1) == y).sum(-1)
+        return 100.0 * correct.double() / max(len(images), 1)
+
+    def unstack(self) -> list[dict[str, torch.Tensor]]:
+        """Each run's state dict (parameters and buffers), e.g. to save a student."""
+        if not self.stacked:
+            return [self.base.state_dict()]
+        return [{**{k: v[r].detach() for k, v in self.params.items()}, **{k: v[r] for k, v in self.buffers.items()}}
+                for r in range(self.r)]
+
+
+def finetune_fast(
+    runs: list[FinetuneRun],
+    teacher: nn.Module,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    device: torch.device,
+    fast: FastSettings | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
+) -> list[FastFinetuneResult]:
+    """Calibrate and KD-fine-tune every run; `test_images` are normalized float tensors (moved to the device).
+
+    `on_epoch(epoch)` is called after each epoch (the benchmark uses it to time and cut runs short)."""
+    fast = fast or FastSettings()
+    fast.check_device(device)
+    if fast.numeric is not None:
+        fast.numeric.apply()
+    check_stackable(runs)
+    cfg, r = runs[0].cfg, len(runs)
+    memory_format = torch.channels_last if fast.channels_last else torch.contiguous_format
+    teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
+    students = [run.student.to(device).eval().requires_grad_(True) for run in runs]
+    test_x = test_images.to(device).contiguous(memory_format=memory_format)
+    test_y = test_labels.to(device)
+    images = torch.stack([run.images for run in runs]).to(device)  # (R, N, C, H, W), resident
+    labels = torch.stack([run.labels for run in runs]).to(device)
+    height, width = images.shape[-2:]
+    generators = [torch.Generator().manual_seed(run.seed) for run in runs]
+    samplers = [EpochSampler(len(run.images), cfg.batch_size, g) for run, g in zip(runs, generators, strict=True)]
+    lor = finetune_lor_settings(cfg)
+    batch = samplers[0].batch_size
+    histories: list[list[dict]] = [[] for _ in runs]
+    seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
+    sittings = [{**sitting(device), "first_epoch": 0}]
+    alive = [True] * r
+    bar = tqdm(total=cfg.epochs * cfg.iters_per_epoch, desc=f"fine-tune x{r} (fast)", disable=not progress)
+
+    def evaluate_into(epoch: int, stack: StudentStack | None, which: list[bool]) -> None:
+        """Evaluate (all runs at once) and record the accuracy for the runs whose reference would evaluate now."""
+        if not any(which):
+            return
+        tic = time.perf_counter()
+        if stack is None:
+            accs = [float(StudentStack([s], fast.channels_last).evaluate(test_x, test_y, fast.eval_batch_size)[0])
+                    for s in students]
+        else:
+            accs = stack.evaluate(test_x, test_y, fast.eval_batch_size).tolist()
+        for i in range(r):
+            if which[i]:
+                histories[i][-1]["acc"] = accs[i]
+        seconds["evaluation"] += time.perf_counter() - tic
+
+    def wants_eval(epoch: int, diverged: bool) -> bool:
+        return (epoch == cfg.calib_epochs - 1 or diverged or epoch == cfg.epochs - 1
+                or (epoch + 1) % cfg.eval_every == 0)
+
+    # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards).
+    for epoch in range(cfg.calib_epochs):
+        tic = time.perf_counter()
+        for run, student in zip(runs, students, strict=True):
+            calibrate(student, run.calibration, cfg.iters_per_epoch)
+        bar.update(cfg.iters_per_epoch)
+        seconds["calibration"] += time.perf_counter() - tic
+        for h in histories:
+            h.append({"epoch": epoch, "phase": "calibration"})
+        evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    stack = StudentStack(students, fast.channels_last)
+    names = list(stack.params)
+    params = [stack.params[k] for k in names]
+    momentum_buffers = [torch.zeros_like(p) for p in params]
+    lr = torch.zeros(r, device=device)
+    loss_sum = torch.zeros(r, device=device)
+    runs_index = torch.arange(r, device=device)[:, None]
+    static = {"idx": torch.zeros(r, batch, dtype=torch.long, device=device),
+              "theta": torch.zeros(r, batch, 2, 3, device=device)}
+
+    def losses_of(idx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """(R,) KD losses of one step: gather, crop+flip on the device, teacher once, students stacked."""
+        x = images[runs_index, idx].flatten(0, 1)  # (R*B, C, H, W)
+        x = apply_affine(x, theta.flatten(0, 1)).contiguous(memory_format=memory_format)
+        y = labels[runs_index, idx]
+        with torch.no_grad():
+            teacher_logits = teacher(x).unflatten(0, (r, batch))
+        student_logits = stack.forward(x.unflatten(0, (r, batch)))
+        return torch.stack([kd_loss_intraq(student_logits[i], teacher_logits[i], y[i], cfg.temperature, cfg.alpha)
+                            for i in range(r)])
+
+    compute_losses = compile_loss(losses_of, fast.capture, device)
+
+    def step() -> None:
+        losses = compute_losses(static["idx"], static["theta"])
+        grads = torch.autograd.grad(losses.sum(), params)
+        sgd_step(params, list(grads), momentum_buffers, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov,
+                 stack.stacked)
+        with torch.no_grad():
+            loss_sum.add_(losses.detach())
+
+    runner = StepRunner(step, static, params + momentum_buffers + [loss_sum], fast.capture)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        drawn = [epoch_schedule(s, g, cfg.iters_per_epoch, height, width, lor)
+                 for s, g in zip(samplers, generators, strict=True)]
+        idx = torch.stack([d[0] for d in drawn], dim=1)  # (steps, R, B)
+        theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 3)
+        return to_device(idx, device), to_device(theta, device)
+
+    schedule = draw()
+    for epoch in range(cfg.calib_epochs, cfg.epochs):
+        tic = time.perf_counter()
+        lrs = [multi_step_lr(run.cfg.lr, epoch, run.cfg.lr_steps, run.cfg.lr_decay) for run in runs]
+        lr.copy_(torch.tensor(lrs, dtype=lr.dtype), non_blocking=False)
+        loss_sum.zero_()
+        idx_d, theta_d = schedule
+        for t in range(cfg.iters_per_epoch):
+            runner(idx=idx_d[t], theta=theta_d[t])
+            bar.update()
+        if epoch + 1 < cfg.epochs:
+            schedule = draw()  # the host draws the next epoch while the device works on this one
+        epoch_losses = (loss_sum / cfg.iters_per_epoch).tolist()  # the one host sync of the epoch
+        seconds["finetune"] += time.perf_counter() - tic
+        which = [False] * r
+        for i in range(r):
+            if not alive[i]:
+                continue
+            record = {"epoch": epoch, "phase": "finetune", "lr": lrs[i], "loss": epoch_losses[i],
+                      "diverged": not math.isfinite(epoch_losses[i])}
+            histories[i].append(record)
+            which[i] = wants_eval(epoch, record["diverged"])
+        evaluate_into(epoch, stack, which)
+        for i in range(r):
+            if alive[i] and histories[i][-1].get("diverged"):
+                alive[i] = False  # a diverged run stops here (its NaN weights cannot touch the other runs)
+                bar.write(f"run {i}: fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping it")
+        if on_epoch is not None:
+            on_epoch(epoch)
+        if not any(alive):
+            break
+    bar.close()
+    if stack.stacked:  # hand the trained weights back to the callers' students
+        for student, state in zip(students, stack.unstack(), strict=True):
+            student.load_state_dict(state)
+    record = fast.record() | {"stacked_runs": r}
+    return [FastFinetuneResult(**summarize_history(h, cfg.calib_epochs), history=h, seconds=dict(seconds),
+                               sittings=sittings, fast=record) for h in histories]

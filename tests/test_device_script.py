@@ -1,0 +1,51 @@
+"""The prepared device script (bench/device/check.sh) and its equality check run their CPU parts here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from intraq.fast.device_check import verdicts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_script_dry_run_writes_its_records(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/check.sh"), "--dry-run", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    out = tmp_path / "out"
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, summary + proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert [line.split()[:2] for line in summary.splitlines()] == [["env", "ok"], ["equality", "ok"],
+                                                                   ["throughput", "ok"]]
+    env_record = json.loads((out / "env.json").read_text())
+    assert "allow_tf32_cudnn" in env_record["numeric"]
+    equality = json.loads((out / "equality.json").read_text())
+    assert equality["verdicts"] == {"finetune-none": True, "stacked": True}
+
+
+def test_device_script_keeps_going_and_reports_a_failed_step(tmp_path):
+    env = {**os.environ, "PYTHON": "false"}  # every python step fails at once
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/check.sh"), "--dry-run", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in lines] == [["env", "failed"], ["equality", "failed"],
+                                                    ["throughput", "failed"]]
+
+
+def test_device_script_needs_an_output_folder():
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/check.sh")], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+@pytest.mark.parametrize("gap,ok", [(1e-4, True), (5e-2, False)])
+def test_equality_verdicts_follow_the_tolerances(gap, ok):
+    report = {"finetune": {"none": {"max_rel_loss_gap": gap, "max_acc_gap_points": 0.0}, "compile": {"error": "x"}}}
+    assert verdicts(report, loose=False) == {"finetune-none": ok, "finetune-compile": False}
