@@ -228,7 +228,7 @@ def finetune_fast(
     loss_sum = torch.zeros(r, device=device)
     runs_index = torch.arange(r, device=device)[:, None]
     static = {"idx": torch.zeros(r, batch, dtype=torch.long, device=device),
-              "theta": torch.zeros(r, batch, 2, 3, device=device)}
+              "theta": torch.zeros(r, batch, 2, 5, device=device)}
 
     def losses_of(idx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """(R,) KD losses of one step: gather, crop+flip on the device, teacher once, students stacked."""
@@ -257,7 +257,7 @@ def finetune_fast(
         drawn = [epoch_schedule(s, g, cfg.iters_per_epoch, height, width, lor)
                  for s, g in zip(samplers, generators, strict=True)]
         idx = torch.stack([d[0] for d in drawn], dim=1)  # (steps, R, B)
-        theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 3)
+        theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 5)
         return to_device(idx, device), to_device(theta, device)
 
     schedule = draw()

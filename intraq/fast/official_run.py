@@ -23,7 +23,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,20 +32,20 @@ from intraq.fast.settings import FastSettings, default_fast_settings
 from intraq.fast.synthesis import StackedBatchOptimizer, draw_batch
 from intraq.quantize import quantize_model
 from intraq.synthesis.gdfq import GdfqCalibrationSource
+from intraq.synthesis.settings import SynthSettings, effective_synth_settings
 from intraq.teacher.models import build_model
 
 OFFICIAL = {"batches": 20, "iterations": 1000, "batch": 256, "images": 5120, "epochs": 151, "calib_epochs": 4,
             "iters_per_epoch": 200, "test_images": 10_000}
 
 
-def official_synth_settings(iterations: int, batch: int) -> dict[str, Any]:
-    """IntraQ's official CIFAR-10 stage-1 settings in the form the synthesizers use (effective settings)."""
-    return {
-        "method": "intraq", "variant": "official-script", "dataset": "cifar10", "target_loss": "sil",
-        "target_pro": 0.95, "sil_inert": False, "mdc": True, "margin_low": 0.05, "margin_up": 0.8, "mdc_inert": False,
-        "lor": "L+F", "lor_ops": ["crop", "flip"], "lor_prob": 0.5, "aug_margin": 0.5, "rotation_degrees": 0.0,
-        "iterations": iterations, "batch_size": batch, "lr": 0.5, "plateau_patience": 50, "min_lr": 1e-4,
-    }
+def official_synth_settings(iterations: int, batch: int) -> SynthSettings:
+    """IntraQ's official CIFAR-10 stage-1 settings (the `cifar10` profile's), with a cut iteration count and batch."""
+    from intraq.config import apply_overrides
+    from intraq.profiles import get_profile
+
+    cfg = apply_overrides(get_profile("cifar10"), [f"synth.iterations={iterations}", f"synth.batch_size={batch}"])
+    return effective_synth_settings(cfg, "cifar10", "intraq")
 
 
 def random_teacher(device: torch.device, seed: int = 0) -> torch.nn.Module:

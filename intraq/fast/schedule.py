@@ -3,7 +3,7 @@
 Stage 2 of the reference draws, step by step from one CPU generator: the sampler's indices (a fresh
 permutation at each epoch and whenever a pass runs out) and the per-image RandomResizedCrop + flip of
 `make_finetune_augment`. `epoch_schedule` makes exactly those draws in exactly that order for a whole epoch
-and returns them as two tensors, (steps, batch) indices and (steps, batch, 2, 3) crop matrices, so the device
+and returns them as two tensors, (steps, batch) indices and (steps, batch, 2, 5) crop transforms, so the device
 loop does no sampling and no host-device traffic per step, and the crops of a whole batch are one
 `affine_grid` + `grid_sample` on the device (the reference already batches them; no per-image loop anywhere).
 """
@@ -14,7 +14,7 @@ import torch
 
 from intraq.config import FinetuneConfig
 from intraq.finetune.trainer import EpochSampler
-from intraq.synthesis.lor import LORSettings, lor_theta, sample_lor_params
+from intraq.synthesis.lor import LORSettings, lor_transforms, sample_lor_params
 
 
 def finetune_lor_settings(cfg: FinetuneConfig) -> LORSettings:
@@ -33,7 +33,7 @@ def epoch_schedule(
         idx = sampler.next()
         params = sample_lor_params(len(idx), height, width, settings, generator)
         indices.append(idx)
-        thetas.append(lor_theta(params, height, width))
+        thetas.append(lor_transforms(params, height, width))
     return torch.stack(indices), torch.stack(thetas)
 
 

@@ -37,6 +37,7 @@ from intraq.synthesis.batches import batch_seed
 from intraq.synthesis.centers import ClassCenters
 from intraq.synthesis.lor import LORSettings, apply_affine, sample_lor_schedule
 from intraq.synthesis.losses import draw_sil_targets, mdc_loss, target_loss
+from intraq.synthesis.settings import SynthSettings
 from intraq.teacher.features import feature_module_name
 
 ADAM_BETAS = (0.9, 0.999)
@@ -92,13 +93,13 @@ class BatchDraws:
 
 
 def draw_batch(seed: int, index: int, size: int, channels: int, side: int, num_classes: int,
-               settings: dict[str, Any]) -> BatchDraws:
+               settings: SynthSettings) -> BatchDraws:
     generator = torch.Generator().manual_seed(batch_seed(seed, index))
     x0 = torch.randn(size, channels, side, side, generator=generator)
     labels = torch.randint(0, num_classes, (size,), generator=generator)
-    targets = draw_sil_targets(size, settings["target_pro"], generator)
-    lor = LORSettings.from_variant(settings["lor"], settings["aug_margin"], settings["rotation_degrees"])
-    coins, thetas = sample_lor_schedule(settings["iterations"], size, side, side, lor, settings["lor_prob"], generator)
+    targets = draw_sil_targets(size, settings.target_pro, generator)
+    lor = LORSettings.from_variant(settings.lor, settings.aug_margin, settings.rotation_degrees)
+    coins, thetas = sample_lor_schedule(settings.iterations, size, side, side, lor, settings.lor_prob, generator)
     return BatchDraws(x0, labels, targets, coins, thetas)
 
 
@@ -107,7 +108,7 @@ class StackedBatchOptimizer:
     """Optimizes R batches of `size` images at once; keeps its state (and captured graph) across batches."""
 
     teacher: nn.Module
-    settings: dict[str, Any]
+    settings: SynthSettings
     runs: int
     size: int
     shape: tuple[int, int, int]  # channels, height, width
@@ -116,7 +117,7 @@ class StackedBatchOptimizer:
 
     def __post_init__(self) -> None:
         s, r, b, dev = self.settings, self.runs, self.size, self.device
-        if s["method"] != "intraq":
+        if s.method != "intraq":
             raise ValueError(f"the fast generation path makes IntraQ images only, not {s['method']!r}")
         self.fast.check_device(dev)
         self.memory_format = torch.channels_last if self.fast.channels_last else torch.contiguous_format
@@ -129,18 +130,18 @@ class StackedBatchOptimizer:
         self.x.requires_grad_(True)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.x), torch.zeros_like(self.x)
         self.step_count = torch.zeros((), device=dev)
-        self.plateau = PlateauState(torch.full((r,), float(s["lr"]), device=dev), factor=0.1,
-                                    patience=s["plateau_patience"], min_lr=s["min_lr"])
+        self.plateau = PlateauState(torch.full((r,), float(s.lr), device=dev), factor=0.1,
+                                    patience=s.plateau_patience, min_lr=s.min_lr)
         self.labels = torch.zeros(r, b, dtype=torch.long, device=dev)
         self.targets = torch.zeros(r, b, device=dev)
         with torch.no_grad():
             self.feature_dim = self._feature_dim()
         self.centers = torch.zeros(r, b, self.feature_dim, device=dev)
         self.mask = torch.zeros(r, b, device=dev)
-        self.term_names = ["bns", "target"] + (["mdc_lower", "mdc_upper"] if s["mdc"] else [])
+        self.term_names = ["bns", "target"] + (["mdc_lower", "mdc_upper"] if s.mdc else [])
         self.last_terms = torch.zeros(len(self.term_names), r, device=dev)
-        self.lor_ops = LORSettings.from_variant(s["lor"], s["aug_margin"], s["rotation_degrees"]).ops
-        static = {"coin": torch.zeros(r, dtype=torch.bool, device=dev), "theta": torch.zeros(r * b, 2, 3, device=dev)}
+        self.lor_ops = LORSettings.from_variant(s.lor, s.aug_margin, s.rotation_degrees).ops
+        static = {"coin": torch.zeros(r, dtype=torch.bool, device=dev), "theta": torch.zeros(r * b, 2, 5, device=dev)}
         self.compute = compile_loss(self._terms, self.fast.capture, dev)
         state = [self.x, self.exp_avg, self.exp_avg_sq, self.step_count, *self.plateau.tensors(), self.last_terms]
         self.runner = StepRunner(self._step, static, state, self.fast.capture)
@@ -161,11 +162,11 @@ class StackedBatchOptimizer:
         logits = self.teacher(inputs.contiguous(memory_format=self.memory_format)).float()
         self.bns.active = False
         logits = logits.unflatten(0, (r, self.size))
-        terms = [self.bns.loss(), torch.stack([target_loss(s["target_loss"], logits[i], self.labels[i], self.targets[i])
+        terms = [self.bns.loss(), torch.stack([target_loss(s.target_loss, logits[i], self.labels[i], self.targets[i])
                                                for i in range(r)])]
-        if s["mdc"]:
+        if s.mdc:
             features = self.tap.features.float().unflatten(0, (r, self.size))
-            hinges = [mdc_loss(features[i], self.centers[i], self.mask[i], s["margin_low"], s["margin_up"])
+            hinges = [mdc_loss(features[i], self.centers[i], self.mask[i], s.margin_low, s.margin_up)
                       for i in range(r)]
             terms += [torch.stack([h[0] for h in hinges]), torch.stack([h[1] for h in hinges])]
         return torch.stack(terms)
@@ -194,7 +195,7 @@ class StackedBatchOptimizer:
         self.exp_avg.zero_()
         self.exp_avg_sq.zero_()
         self.step_count.zero_()
-        self.plateau.reset(float(self.settings["lr"]))
+        self.plateau.reset(float(self.settings.lr))
         self.labels.copy_(torch.stack([d.labels for d in draws]))
         self.targets.copy_(torch.stack([d.targets.float() for d in draws]))
         self.centers.zero_()
@@ -209,7 +210,7 @@ class StackedBatchOptimizer:
         """Run all iterations for the R batches; returns each run's CPU images and a record like the reference's."""
         start = time.perf_counter()
         self._reset(draws, centers)
-        iterations = self.settings["iterations"]
+        iterations = self.settings.iterations
         if self.lor_ops:
             coins = to_device(torch.tensor([d.coins for d in draws], dtype=torch.bool).T.contiguous(), self.device)
             thetas = to_device(torch.stack([d.thetas for d in draws], dim=1).flatten(1, 2), self.device)
@@ -258,7 +259,7 @@ def centers_for(centers: ClassCenters | None, labels: torch.Tensor, device: torc
 
 
 def generate_stacked(
-    teacher: nn.Module, settings: dict[str, Any], seeds: list[int], num_images: int, shape: tuple[int, int, int],
+    teacher: nn.Module, settings: SynthSettings, seeds: list[int], num_images: int, shape: tuple[int, int, int],
     num_classes: int, device: torch.device, fast: FastSettings | None = None, progress: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
     """R whole image sets (one per seed) made together: per run (images, labels, batch records).
@@ -266,12 +267,12 @@ def generate_stacked(
     The same sets as the reference `generate` makes for each seed alone (its batch files and cache are the
     pipeline's business; this makes the images)."""
     fast = fast or FastSettings()
-    bsz = settings["batch_size"]
+    bsz = settings.batch_size
     sizes = [min(bsz, num_images - k * bsz) for k in range((num_images + bsz - 1) // bsz)]
-    centers = [ClassCenters(num_classes) if settings["mdc"] else None for _ in seeds]
+    centers = [ClassCenters(num_classes) if settings.mdc else None for _ in seeds]
     optimizers: dict[int, StackedBatchOptimizer] = {}
     out: list[tuple[list, list, list]] = [([], [], []) for _ in seeds]
-    bar = tqdm(total=len(sizes) * settings["iterations"], desc=f"synthesis x{len(seeds)} (fast)", disable=not progress)
+    bar = tqdm(total=len(sizes) * settings.iterations, desc=f"synthesis x{len(seeds)} (fast)", disable=not progress)
     try:
         for k, size in enumerate(sizes):
             if size not in optimizers:
