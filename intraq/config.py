@@ -156,7 +156,7 @@ class SquantConfig:
     # Where activations are quantized. squant: SQuant's own protocol (every Conv2d/Linear input but the first,
     # the FC input at last_layer_input_bits). lineage: the IntraQ/Qimera/GDFQ places (every ReLU output at
     # quant.act_bits; image, BN and pooled FC input not re-quantized), for a like-for-like comparison.
-    protocol: str = "squant"
+    protocol: Literal["squant", "lineage"] = "squant"
 
 
 @dataclass

@@ -55,6 +55,11 @@ RULES: tuple[tuple[tuple[str, ...], Check, str], ...] = (
     (("finetune.lr_steps", "qimera.lr_steps"), lambda v: all(s >= 0 for s in v), "epochs must be >= 0"),
     (("finetune.crop_scale",), lambda v: len(v) == 2 and 0.0 < v[0] <= v[1] <= 1.0,
      "must be two area fractions lo,hi with 0 < lo <= hi <= 1"),
+    # A user's image-folder data set (None: read from the files).
+    (("data.num_classes",), lambda v: v is None or v >= 2, "must be >= 2 (or unset: the class folders decide)"),
+    (("data.channels",), lambda v: v in (None, 1, 3), "must be 1 or 3 (or unset: the images decide)"),
+    (("data.resize",), lambda v: v is None or v >= 1, "must be >= 1 pixel (or unset: no resize)"),
+    (("data.std",), lambda v: v is None or all(x > 0 for x in v), "every std must be > 0"),
 )
 
 

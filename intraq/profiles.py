@@ -30,7 +30,11 @@ def smoke() -> RunConfig:
     return RunConfig(
         profile="smoke",
         data=DataConfig(name="digits"),
-        teacher=TeacherConfig(name="digits_cnn", auto_train=True, train_epochs=30, train_batch_size=64),
+        # The committed teacher (`intraq teacher train --profile smoke --threads 1 --out teachers/...`): trained
+        # weights depend on the CPU and thread count, so a file makes every machine's smoke runs use the same one.
+        teacher=TeacherConfig(
+            name="digits_cnn", checkpoint="teachers/digits_cnn-digits.pt", train_epochs=30, train_batch_size=64
+        ),
         quant=QuantConfig(weight_bits=4, act_bits=4),
         synth=SynthConfig(num_images=256, batch_size=64, iterations=150),
         finetune=FinetuneConfig(

@@ -241,8 +241,13 @@ def test_shared_intraq_cell_has_one_hash_and_runs_once_per_seed() -> None:
     hashes = {case_hash(cell_config(get_table(t).cell(c), "smoke", 0)) for t, c in shared}
     assert len(hashes) == 1
     found = jobs("smoke", seeds=2)
-    assert len(found) == 2 * 13  # 16 cells, the shared one counted once, plus W3A3
+    # 27 cells: the W4A4 IntraQ cell in 5 tables, the W3A3 one in 3, and the two calibrated-on-real rows, which
+    # are one case where the profile's stage-2 lr is already the official 1e-4 (smoke)
+    assert len(found) == 2 * (27 - 4 - 2 - 1)
     assert sum(1 for j in found if len(j.cells) == 5) == 2
+    w3a3 = {case_hash(cell_config(get_table(t).cell(c), "smoke", 0)) for t, c in
+            [("main_cifar10", "w3a3"), ("mdc_vs_adi", "mdc_w3a3"), ("comparison", "intraq_w3a3")]}
+    assert len(w3a3) == 1
 
 
 def test_data_amounts_scale_with_the_profile() -> None:
@@ -259,6 +264,13 @@ def test_cells_map_to_their_operations() -> None:
     assert cell_config(lor.cell("L+R+F"), "smoke").synth.lor == "L+R+F"
     adi = cell_config(get_table("mdc_vs_adi").cell("adi"), "smoke")
     assert adi.synth.method == "adi" and adi.synth.variant == "paper"
-    methods = [cell_config(c, "smoke").synth.method for c in get_table("comparison").cells]
+    comparison = get_table("comparison")
+    methods = [cell_config(comparison.cell(k), "smoke").synth.method for k in ("real", "qimera", "squant", "intraq")]
     assert methods == ["real", "qimera", "squant", "intraq"]
+    assert cell_config(comparison.cell("squant_lineage"), "smoke").squant.protocol == "lineage"
+    assert cell_config(comparison.cell("real_calib"), "smoke").finetune.calib_source == "train"
+    real_lr = cell_config(comparison.cell("real_official_lr"), "cifar10-cpu")
+    assert (real_lr.finetune.lr, real_lr.finetune.calib_source) == (1e-4, "train")
+    w3a3 = cell_config(comparison.cell("qimera_w3a3"), "smoke")
+    assert (w3a3.quant.weight_bits, w3a3.quant.act_bits, w3a3.synth.method) == (3, 3, "qimera")
     assert "synth.variant=paper" in INTRAQ_BASE and "synth.lor=L+F" in INTRAQ_BASE

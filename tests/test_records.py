@@ -37,8 +37,10 @@ def test_committed_records_load_round_trip_and_keep_their_case_hash(path):
 
 @pytest.mark.parametrize("profile", ["smoke", "cifar10", "cifar10-cpu"])
 def test_table_cells_keep_their_case_hashes(profile):
+    """Every cell pinned at e8488d4 keeps its case hash (rows added since get their own, new names)."""
     got = {f"{t.key}--{c.key}": case_hash(cell_config(c, profile, 0)) for t in all_tables() for c in t.cells}
-    assert got == PINS[f"cells|{profile}"]
+    pinned = PINS[f"cells|{profile}"]
+    assert {key: got.get(key) for key in pinned} == pinned
 
 
 def test_cifar10_shared_intraq_cell_hash():
