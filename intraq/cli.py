@@ -196,10 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from intraq.config_file import resolve_profile
     from intraq.report import render_report
     from intraq.report.index import profiles_with_results, readme_section, render_index, rewrite_readme
     from intraq.results import default_reports_dir, default_results_dir
 
+    if args.profile:
+        args.profile = resolve_profile(args.profile)
     publish = args.publish or bool(args.readme)  # README's block shows the published results only
     results = Path(args.results) if args.results else default_results_dir(publish)
     out = Path(args.out) if args.out else default_reports_dir(publish)
@@ -258,6 +261,9 @@ class _VersionAction(argparse.Action):
 
 def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.CaseSettings, imported late
     from intraq.campaign import CaseSettings
+    from intraq.config_file import resolve_profile
+
+    args.profile = resolve_profile(args.profile)
 
     extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
     from intraq.results import default_results_dir
@@ -273,7 +279,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
     from intraq.campaign.estimate import parse_duration
     from intraq.campaign.submit import CampaignOptions, launch_campaign
+    from intraq.config_file import resolve_profile
 
+    args.profile = resolve_profile(args.profile)
     get_profile(args.profile)  # an unknown profile fails before anything else
     options = CampaignOptions(
         executor=args.executor, seeds=args.seeds, jobs_per_gpu=args.jobs_per_gpu,
@@ -295,7 +303,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from intraq.campaign import check_results_version
     from intraq.campaign.status import status_text
+    from intraq.config_file import resolve_profile
 
+    args.profile = resolve_profile(args.profile)
     get_profile(args.profile)
     settings = _case_settings(args)
     check_results_version(settings.results, settings.profile)
@@ -305,7 +315,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _cases_options(p: argparse.ArgumentParser) -> None:
     """What selects the cases of a profile, for `campaign` and `status` (as `pytest bench` takes them)."""
-    p.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES.names())} (default smoke)")
+    p.add_argument("--profile", default="smoke",
+                   help=f"one of: {', '.join(PROFILES.names())}, or a study file FILE.toml (default smoke)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default 3)")
     _results_options(p, "write")
     p.add_argument("--artifacts", default=None, help="artifact folder (default $INTRAQ_ARTIFACTS or ./artifacts)")
@@ -352,7 +363,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render the tables report from results/ (markdown + self-contained HTML)")
-    p.add_argument("--profile", default=None, help="whose results to render (default smoke)")
+    p.add_argument("--profile", default=None, help="whose results to render, a profile or a study file FILE.toml "
+                   "(default smoke)")
     p.add_argument("--all", action="store_true", help="render every profile that has results")
     _results_options(p, "read")
     p.add_argument("--out", default=None,

@@ -52,6 +52,8 @@ class TeacherConfig:
     train_momentum: float = 0.9
     train_weight_decay: float = 5e-4
     train_augment: bool = True  # random crop (pad 4) + horizontal flip, as for CIFAR
+    # A teacher whose sidecar names another data set is refused unless this is set (the record then says so).
+    allow_other_data: bool = False
 
 
 @dataclass
@@ -180,7 +182,7 @@ LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher
 # earlier case keeps its name; set to anything else, they name a different case.
 LATER_FIELDS: dict[str, Any] = {
     "data.loader": None, "data.num_classes": None, "data.channels": None, "data.resize": None, "data.mean": None,
-    "data.std": None, "squant.protocol": "squant",
+    "data.std": None, "squant.protocol": "squant", "teacher.allow_other_data": False,
 }
 
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from intraq.config import RunConfig, apply_overrides, to_dict
+from intraq.config import RunConfig, apply_overrides, from_dict, to_dict
 from intraq.errors import UserInputError
 from intraq.profiles import PROFILES, get_profile
 
@@ -85,6 +85,27 @@ def load_config_file(path: str | Path) -> RunConfig:
             "study its own name so that its results never mix with the built-in profile's"
         )
     return cfg
+
+
+def register_study(path: str | Path) -> str:
+    """Load a study file and register it as a profile under its own name, so that every runner that takes a
+    profile name (the bench, `intraq campaign`, `status`, `report`) runs it; returns that name. Registering the
+    same file twice is fine; another file under a name already taken is an error."""
+    cfg = load_config_file(path)
+    if cfg.profile in PROFILES:
+        if to_dict(get_profile(cfg.profile)) != to_dict(cfg):
+            raise UserInputError(f"{path}: profile {cfg.profile!r} is already registered with other settings")
+        return cfg.profile
+    frozen = to_dict(cfg)
+    PROFILES.register(cfg.profile)(lambda: from_dict(RunConfig, frozen))
+    return cfg.profile
+
+
+def resolve_profile(name_or_file: str) -> str:
+    """A profile name as given, or the name of the study file given instead (`--profile my-study.toml`)."""
+    if name_or_file.endswith(".toml"):
+        return register_study(name_or_file)
+    return name_or_file
 
 
 def _drop_none(value: Any) -> Any:

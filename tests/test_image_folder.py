@@ -163,3 +163,88 @@ def test_pipeline_end_to_end_on_a_grey_28px_data_set(tmp_path: Path):
     assert record["config"]["data"]["loader"] == "image-folder"
     for key in ("after_calibration", "final_epoch", "best_epoch", "teacher"):
         assert 0.0 <= record["accuracy"][key] <= 100.0
+
+
+def _plain_teacher(path: Path, channels: int, classes: int, wrap: str | None = None) -> Path:
+    """A user's own checkpoint: a plain state dict (or a full checkpoint / DataParallel names), no sidecar."""
+    from intraq.teacher.models import build_model
+
+    torch.manual_seed(0)
+    state = build_model("digits_cnn", classes, channels).state_dict()
+    if wrap == "module":
+        state = {f"module.{k}": v for k, v in state.items()}
+    blob = {"epoch": 3, "state_dict": state} if wrap == "full" else state
+    torch.save(blob, path)
+    return path
+
+
+@pytest.mark.parametrize("wrap", [None, "full", "module"])
+def test_a_plain_state_dict_teacher_needs_no_sidecar(tmp_path: Path, wrap: str | None):
+    from intraq.config import TeacherConfig
+    from intraq.teacher.load import get_teacher
+
+    make_tree(tmp_path / "data", 16, 3, per_class=2, grey=True)
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache"))
+    path = _plain_teacher(tmp_path / "mine.pt", channels=1, classes=3, wrap=wrap)
+    teacher = get_teacher(TeacherConfig(checkpoint=str(path)), data, torch.device("cpu"), tmp_path / "a", False)
+    assert teacher.info["sidecar"] is None and len(teacher.info["sha256"]) == 64
+    assert 0.0 <= teacher.info["test_top1"] <= 100.0
+
+
+def test_a_teacher_of_other_data_is_refused_unless_allowed(tmp_path: Path):
+    from intraq.config import TeacherConfig
+    from intraq.teacher.checkpoint import sidecar_path
+    from intraq.teacher.load import get_teacher
+
+    make_tree(tmp_path / "data", 16, 3, per_class=2, grey=True)
+    data = build_data(cfg_for(tmp_path / "data", tmp_path / "cache"))
+    path = _plain_teacher(tmp_path / "mine.pt", channels=1, classes=3)
+    from intraq.teacher.checkpoint import sha256_file
+
+    sidecar_path(path).write_text(json.dumps({"data": "cifar10", "sha256": sha256_file(path)}))
+    with pytest.raises(UserInputError, match=r"trained on data 'cifar10'.*'mine'.*allow_other_data"):
+        get_teacher(TeacherConfig(checkpoint=str(path)), data, torch.device("cpu"), tmp_path / "a", False)
+    allowed = TeacherConfig(checkpoint=str(path), allow_other_data=True)
+    teacher = get_teacher(allowed, data, torch.device("cpu"), tmp_path / "a", False)
+    assert teacher.info["used_on_other_data"] == "trained on 'cifar10', used on 'mine'"
+
+
+@pytest.mark.slow
+def test_a_study_file_runs_a_table_with_pytest_bench(tmp_path: Path):
+    """Issue 19's promise: an ImageFolder tree, a state dict and a study file; then `pytest bench -k data_amount`."""
+    import subprocess
+    import sys
+
+    make_tree(tmp_path / "grey", 28, 10, per_class=3, grey=True)
+    teacher = _plain_teacher(tmp_path / "teacher.pt", channels=1, classes=10)
+    study = tmp_path / "grey-study.toml"
+    study.write_text(f"""profile = "grey-study"
+base = "smoke"
+[data]
+name = "grey28"
+loader = "image-folder"
+root = "{tmp_path / 'grey'}"
+cache_dir = "{tmp_path / 'cache'}"
+[teacher]
+checkpoint = "{teacher}"
+[synth]
+num_images = 20
+batch_size = 10
+iterations = 2
+[finetune]
+epochs = 3
+iters_per_epoch = 2
+calib_epochs = 1
+batch_size = 10
+calib_batch_size = 4
+""")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "bench" / "test_tables.py"),
+         "--profile", str(study), "-k", "data_amount", "--seeds", "1", "--results", str(tmp_path / "results"),
+         "--artifacts", str(tmp_path / "artifacts"), "--benchmark-disable"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "grey-study").glob("*-seed0.json")]
+    assert len(records) == 5 and all(r["data_identity"].startswith("grey28-") for r in records)
+    assert sorted(r["config"]["synth"]["num_images"] for r in records) == [1, 5, 20, 39, 78]

@@ -50,14 +50,37 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return load_json(side)
 
 
+def state_dict_of(blob: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint file: a plain state dict, or a full checkpoint holding one under `state_dict`,
+    `model` or `model_state_dict`; `module.` prefixes (DataParallel, DDP) are dropped."""
+    if isinstance(blob, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(blob.get(key), dict):
+                blob = blob[key]
+                break
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise UserInputError(
+            f"teacher checkpoint {path} holds no state dict (tensors by parameter name), nor a checkpoint with one "
+            "under state_dict / model_state_dict / model; save it with torch.save(model.state_dict(), path)"
+        )
+    if all(k.startswith("module.") for k in blob):
+        blob = {k.removeprefix("module."): v for k, v in blob.items()}
+    return blob
+
+
 def load_teacher_weights(model: nn.Module, path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Load `path` into `model` after checking the sidecar's sha256; returns the sidecar."""
+    """Load `path` into `model`; with a sidecar, after checking its sha256. Returns the sidecar, or for a file
+    without one (a user's own checkpoint) what loading learnt: its sha256, computed now."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(
             f"teacher checkpoint {path} does not exist; check the path, or train one there with "
             f"`intraq teacher train --profile <profile> --out {path}`"
         )
+    if not sidecar_path(path).exists():
+        state = state_dict_of(load_torch(path, remedy=TEACHER_REMEDY), path)
+        _fit(model, state, path)
+        return {"sha256": sha256_file(path), "sidecar": None, "file": path.name}
     sidecar = read_sidecar(path)
     if verify:
         actual = sha256_file(path)
@@ -67,7 +90,13 @@ def load_teacher_weights(model: nn.Module, path: str | Path, verify: bool = True
                 f"teacher checkpoint {path} has sha256 {actual[:16]}… but its sidecar {sidecar_path(path)} "
                 f"records {str(expected)[:16]}…: the file changed after its sidecar was written. {TEACHER_REMEDY}"
             )
-    state = load_torch(path, remedy=TEACHER_REMEDY)
+    state = state_dict_of(load_torch(path, remedy=TEACHER_REMEDY), path)
+    _fit(model, state, path)
+    return sidecar
+
+
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `model`, or name what does not fit (keys, shapes) before anything is loaded."""
     mine = model.state_dict()
     missing = sorted(set(mine) - set(state))
     extra = sorted(set(state) - set(mine))
@@ -78,4 +107,3 @@ def load_teacher_weights(model: nn.Module, path: str | Path, verify: bool = True
             f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatch {shapes[:5]}"
         )
     model.load_state_dict(state)
-    return sidecar

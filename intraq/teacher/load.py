@@ -105,6 +105,15 @@ def get_teacher(
 
             train_teacher(cfg, data, path, cfg.train_seed, device, progress)
         info = load_teacher_weights(model, path) | {"checkpoint": str(path)}
+        trained_on = info.get("data")
+        if trained_on is not None and trained_on != data.name:
+            if not cfg.allow_other_data:
+                raise UserInputError(
+                    f"teacher {path} was trained on data {trained_on!r} (its sidecar says so), but this run's data is "
+                    f"{data.name!r}: point teacher.checkpoint at a teacher of {data.name!r}, or set "
+                    "teacher.allow_other_data=true to use it anyway (the record then says so)"
+                )
+            info["used_on_other_data"] = f"trained on {trained_on!r}, used on {data.name!r}"
     elif cfg.source == "torchvision":
         model, info = _pretrained_torchvision(cfg, data.num_classes)
     elif cfg.source == "pytorchcv":
