@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from intraq.synthesis.plateau import plateau_step
+
 
 def per_run(value: torch.Tensor, like: torch.Tensor, stacked: bool) -> torch.Tensor:
     """A (R,) per-run value shaped to broadcast over a stacked (R, ...) tensor, or a 0-d one if not stacked."""
@@ -51,14 +53,5 @@ class PlateauState:
         self.best.fill_(float("inf"))
         self.bad.zero_()
 
-    @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
-        loss = loss.detach().to(self.best.dtype)
-        better = loss < self.best * (1.0 - self.threshold)
-        self.best.copy_(torch.where(better, loss, self.best))
-        self.bad.copy_(torch.where(better, torch.zeros_like(self.bad), self.bad + 1))
-        reduce = self.bad > self.patience
-        new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
-        lower = reduce & (self.lr - new_lr > self.eps)
-        self.lr.copy_(torch.where(lower, new_lr, self.lr))
-        self.bad.copy_(torch.where(reduce, torch.zeros_like(self.bad), self.bad))
+        plateau_step(self, loss)

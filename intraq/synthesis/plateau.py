@@ -9,7 +9,24 @@ ones, lr = max(lr * factor, min_lr) if that lowers it by more than eps.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+
+@torch.no_grad()
+def plateau_step(state: DevicePlateau | Any, loss: torch.Tensor) -> None:
+    """One step of the rule above on `state`'s lr, best and bad tensors: 0-d for one run, (R,) for R stacked runs
+    (`intraq.fast.optim.PlateauState`), with its factor, patience, threshold, min_lr and eps."""
+    loss = loss.detach().to(state.best.dtype)
+    better = loss < state.best * (1.0 - state.threshold)
+    state.best.copy_(torch.where(better, loss, state.best))
+    state.bad.copy_(torch.where(better, torch.zeros_like(state.bad), state.bad + 1))
+    reduce = state.bad > state.patience
+    new_lr = torch.clamp(state.lr * state.factor, min=state.min_lr)
+    lower = reduce & (state.lr - new_lr > state.eps)
+    state.lr.copy_(torch.where(lower, new_lr, state.lr))
+    state.bad.copy_(torch.where(reduce, torch.zeros_like(state.bad), state.bad))
 
 
 class DevicePlateau:
@@ -33,17 +50,8 @@ class DevicePlateau:
         self.bad = torch.zeros((), dtype=torch.long, device=device)
         self.factor, self.patience, self.threshold, self.min_lr, self.eps = factor, patience, threshold, min_lr, eps
 
-    @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
-        loss = loss.detach().to(self.best.dtype)
-        better = loss < self.best * (1.0 - self.threshold)
-        self.best.copy_(torch.where(better, loss, self.best))
-        self.bad.copy_(torch.where(better, torch.zeros_like(self.bad), self.bad + 1))
-        reduce = self.bad > self.patience
-        new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
-        lower = reduce & (self.lr - new_lr > self.eps)
-        self.lr.copy_(torch.where(lower, new_lr, self.lr))
-        self.bad.copy_(torch.where(reduce, torch.zeros_like(self.bad), self.bad))
+        plateau_step(self, loss)
 
     def current_lr(self) -> float:
         """The lr as a float (a host sync: for logging only)."""
