@@ -29,6 +29,7 @@ import torch
 from intraq.campaign import CaseSettings, PlannedCase, check_results_version, plan_cases
 from intraq.campaign.estimate import parse_duration
 from intraq.campaign.plan import DONE, claim_verdicts, needed_cells
+from intraq.config_file import resolve_profile
 from intraq.errors import UserInputError
 from intraq.results import default_results_dir
 from intraq.tables import Cell
@@ -63,7 +64,8 @@ class BenchOptions:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("intraq-bench")
-    group.addoption("--profile", default=DEFAULT_PROFILE, help=f"profile of the cases (default {DEFAULT_PROFILE})")
+    group.addoption("--profile", default=DEFAULT_PROFILE,
+                    help=f"profile of the cases, or a study file (my-study.toml) (default {DEFAULT_PROFILE})")
     group.addoption("--seeds", type=int, default=DEFAULT_SEEDS,
                     help=f"seeds 0..N-1 per cell (default {DEFAULT_SEEDS}; $INTRAQ_BENCH_SEEDS)")
     group.addoption("--results", default=None, help="results folder (default $INTRAQ_RESULTS, else results/local)")
@@ -92,7 +94,7 @@ def _options(config: pytest.Config) -> BenchOptions:
     artifacts = config.getoption("artifacts")
     plan = getattr(config, "workerinput", {}).get(PLAN_KEY) or config.stash.get(_PLAN, {})
     return BenchOptions(
-        profile=config.getoption("profile"), seeds=config.getoption("seeds"),
+        profile=resolve_profile(config.getoption("profile")), seeds=config.getoption("seeds"),
         results=Path(config.getoption("results") or default_results_dir(config.getoption("publish"))),
         artifacts=Path(artifacts) if artifacts else None,
         device=config.getoption("device"), threads=config.getoption("threads"),
