@@ -241,9 +241,9 @@ def test_shared_intraq_cell_has_one_hash_and_runs_once_per_seed() -> None:
     hashes = {case_hash(cell_config(get_table(t).cell(c), "smoke", 0)) for t, c in shared}
     assert len(hashes) == 1
     found = jobs("smoke", seeds=2)
-    # 27 cells: the W4A4 IntraQ cell in 5 tables, the W3A3 one in 3, and the two calibrated-on-real rows, which
+    # 29 cells: the W4A4 IntraQ cell in 5 tables, the W3A3 one in 3, and the two calibrated-on-real rows, which
     # are one case where the profile's stage-2 lr is already the official 1e-4 (smoke)
-    assert len(found) == 2 * (27 - 4 - 2 - 1)
+    assert len(found) == 2 * (29 - 4 - 2 - 1)
     assert sum(1 for j in found if len(j.cells) == 5) == 2
     w3a3 = {case_hash(cell_config(get_table(t).cell(c), "smoke", 0)) for t, c in
             [("main_cifar10", "w3a3"), ("mdc_vs_adi", "mdc_w3a3"), ("comparison", "intraq_w3a3")]}

@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_method_is_registered_on_import():
-    assert set(METHODS.names()) == {"intraq", "adi", "deepinversion", "gdfq", "real", "qimera", "squant"}
+    assert set(METHODS.names()) == {"intraq", "adi", "deepinversion", "deepinversion-adi", "gdfq", "real", "qimera",
+                                    "squant"}
     for name in METHODS.names():
         method = get_method(name)
         assert method.name == name and method.summary
         assert set(method.sections) <= {"synth", "finetune", "qimera", "squant"}
-    assert [n for n in METHODS.names() if get_method(n).makes_images] == ["adi", "deepinversion", "gdfq", "intraq",
-                                                                         "real"]
+    assert [n for n in METHODS.names() if get_method(n).makes_images] == [
+        "adi", "deepinversion", "deepinversion-adi", "gdfq", "intraq", "real"]
 
 
 def test_no_special_case_sets_are_left():
@@ -80,3 +81,25 @@ def test_the_cli_lists_methods_from_the_registry(capsys):
     assert all(name in run_help for name in METHODS.names())
     generate_help = make_parser()._subparsers._group_actions[0].choices["generate"].format_help()
     assert "deepinversion" in generate_help and "squant" not in generate_help
+
+
+def test_adi_as_the_paper_ran_it_is_deepinversion_with_the_competition_term(monkeypatch):
+    """`deepinversion-adi`: DeepInversion's preset with ADI's weight and temperature from the config, and a student."""
+    import intraq.synthesis.deepinversion as di_module
+    from intraq.methods.deepinversion import _deepinversion_adi
+    from intraq.methods.intraq import AdiMethod
+    from intraq.profiles import get_profile
+
+    seen = {}
+    monkeypatch.setattr(di_module, "generate_deepinversion", lambda ctx, di: seen.setdefault("di", di))
+
+    class Ctx:
+        cfg = get_profile("smoke")
+        data = type("Data", (), {"name": "digits", "image_size": 16})()
+
+    _deepinversion_adi(Ctx())
+    plain = di_module.effective_config(Ctx.cfg, "digits", 16)
+    assert (seen["di"].adi_scale, seen["di"].adi_temperature) == (0.2, 3.0) and plain.adi_scale == 0.0
+    assert {k: v for k, v in vars(seen["di"]).items() if not k.startswith("adi_")} == {
+        k: v for k, v in vars(plain).items() if not k.startswith("adi_")}
+    assert isinstance(get_method("deepinversion-adi"), AdiMethod)  # it competes with a student, as ADI does

@@ -73,7 +73,7 @@ def test_index_has_every_claim_and_profile(results: Path, tmp_path: Path) -> Non
     assert mixed_cell.startswith("**not comparable (machines differ)**")
     assert "Fixture GPU, torch y" in mixed_cell and "(differ)" in mixed_cell
     assert 'href="fixture/report.html#claim-mdc-beats-adi"' in page and 'class="v-not-comparable"' in page
-    assert md.count("\n| ") == 1 + 11  # header, ten accuracy claims and the figure claim
+    assert md.count("\n| ") == 1 + 12  # header, eleven accuracy claims and the figure claim
 
 
 def test_index_links_land_on_report_headings(results: Path, tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_index_links_land_on_report_headings(results: Path, tmp_path: Path) -> N
     page = report.html.read_text()
     md = report.markdown.read_text()
     anchors = re.findall(r"\(fixture/report\.md#([^)]+)\)", index.markdown.read_text())
-    assert len(anchors) == 11
+    assert len(anchors) == 12
     for anchor in anchors:
         assert f'id="{anchor}"' in page
         assert any(slug(line.lstrip("# ")) == anchor for line in md.splitlines() if line.startswith("### "))
