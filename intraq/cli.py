@@ -172,11 +172,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    from intraq.campaign.state import case_lock, running_info
+
     results = Path(args.results) if args.results else default_results_dir(args.publish)
     paths = RunPaths.default(args.artifacts, results)
     stored_file = result_path(results, cfg.profile, case_hash(cfg), cfg.seed)
-    stored = read_result(stored_file) if stored_file.exists() and not args.force else None
-    record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
+    holder = running_info(results, cfg.profile, case_hash(cfg), cfg.seed)
+    if holder:  # one run per case at a time: wait for it, then reuse what it stored
+        print(f"case {case_hash(cfg)} seed {cfg.seed} is running in another process ({holder.get('host')}, pid "
+              f"{holder.get('pid')}, since {holder.get('started')}); waiting for it", flush=True)
+    with case_lock(results, cfg.profile, case_hash(cfg), cfg.seed):
+        stored = read_result(stored_file) if stored_file.exists() and not args.force else None
+        record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
     reused = stored is not None and (stored.started, stored.finished, stored.seconds) == (
         record.started, record.finished, record.seconds)
     if reused:

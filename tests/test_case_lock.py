@@ -71,3 +71,26 @@ def test_two_processes_on_one_case_compute_it_once(tmp_path):
     cell_file = tmp_path / "results" / "smoke" / "cells" / "comparison--squant-seed0.json"
     assert json.loads(cell_file.read_text())["accuracy"]["best_epoch"] == 90.0
     assert not list((tmp_path / "results" / "smoke" / ".campaign" / "running").iterdir())
+
+
+def test_a_second_intraq_run_of_a_running_case_waits_and_reuses(tmp_path):
+    """`intraq run` takes the same lock as the bench: the second of two identical commands says it waits, then
+    reuses the first one's result instead of computing it again."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env.pop("INTRAQ_RESULTS", None)
+    command = [sys.executable, "-m", "intraq.cli", "run", "--profile", "smoke", "--method", "intraq", "--seed", "9",
+               "--threads", "1", "--quiet", "--artifacts", str(tmp_path / "artifacts"), "--results",
+               str(tmp_path / "results"), "--set", "synth.iterations=60", "--set", "finetune.epochs=4"]
+    repo = Path(__file__).resolve().parents[1]
+    first = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    running = tmp_path / "results" / "smoke" / ".campaign" / "running"
+    deadline = time.time() + 120
+    while not (running.exists() and any(running.iterdir())):
+        assert first.poll() is None and time.time() < deadline, "the first run never took its case's lock"
+        time.sleep(0.1)
+    second = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out_first = first.communicate(timeout=300)[0]
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "waiting for it" in second.stdout and "reused the stored result" in second.stdout
+    assert "reused" not in out_first
+    assert len(list((tmp_path / "results" / "smoke").glob("*-seed9.json"))) == 1
