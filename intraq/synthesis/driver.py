@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from intraq.artifacts import load_torch, save_torch
+from intraq.artifacts import load_torch, remove_artifact, save_torch
 from intraq.synthesis.batches import batch_path, load_or_make_batch
 
 CHECKPOINT_SECONDS = 60.0  # mid-batch state is saved at most this often (and always on an interrupt)
@@ -47,7 +47,7 @@ class BatchCheckpoint:
         self.last_save = time.monotonic()
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        remove_artifact(self.path)  # and its checksum file
 
 
 def partial_path(folder: Path, index: int, size: int) -> Path:
