@@ -103,7 +103,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fixture_report_renders_in_chromium(rendered: Path, tmp_path: Path) -> None:
     seen = check_page(rendered / PROFILE / "report.html", tmp_path)
-    assert seen["images"] == 4 and seen["tables"] == 14
+    assert seen["images"] == 4 and seen["tables"] == 19  # glance, 5 tables, 11 accuracy claims, diversity + claim
     assert "claim-mdc-beats-adi" in seen["ids"]
     screenshot_is_not_blank(rendered / PROFILE / "report.html", tmp_path / "report.png")
 
@@ -112,7 +112,7 @@ def test_fixture_index_renders_and_links_resolve(rendered: Path, tmp_path: Path)
     seen = check_page(rendered / "index.html", tmp_path)
     assert seen["tables"] == 1 and seen["images"] == 0
     targets = [link for link in seen["links"] if link.startswith(f"{PROFILE}/report.html")]
-    assert len(targets) == 1 + 7  # the profile's report, and one section link per claim
+    assert len(targets) == 1 + 12  # the profile's report, and one section link per claim
     ids = set(check_page(rendered / PROFILE / "report.html", tmp_path)["ids"])
     for link in targets:
         if "#" in link:

@@ -115,7 +115,7 @@ def test_unknown_cell_in_only_is_an_error(tmp_path, capsys):
 def test_status_prints_the_table(tmp_path, capsys):
     assert main(["status", "--profile", "smoke", "--seeds", "2", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
-    assert "MDC beats ADI [no results]" in out and "seed 1" in out and "26 runs" in out and "26 pending" in out
+    assert "MDC beats ADI [no results]" in out and "seed 1" in out and "44 runs" in out and "44 pending" in out
 
 
 class _FakeJob:

@@ -152,7 +152,8 @@ def test_pipeline_end_to_end_on_a_grey_28px_data_set(tmp_path: Path):
     make_tree(tmp_path / "grey", 28, 10, per_class=3, grey=True)
     cfg = apply_overrides(get_profile("smoke"), [
         "data.name=grey28", "data.loader=image-folder", f"data.root={tmp_path / 'grey'}",
-        f"data.cache_dir={tmp_path / 'cache'}", "teacher.train_epochs=1", "teacher.train_batch_size=10",
+        f"data.cache_dir={tmp_path / 'cache'}", "teacher.checkpoint=none", "teacher.auto_train=true",
+        "teacher.train_epochs=1", "teacher.train_batch_size=10",
         "synth.num_images=20", "synth.batch_size=10", "synth.iterations=3", "finetune.epochs=3",
         "finetune.iters_per_epoch=2", "finetune.calib_epochs=1", "finetune.batch_size=10",
         "finetune.calib_batch_size=4",

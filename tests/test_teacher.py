@@ -33,9 +33,11 @@ def test_missing_sidecar_and_wrong_architecture_are_explained(tmp_path):
     save_teacher(build_model("digits_cnn", 10), path, {})
     with pytest.raises(UserInputError, match="does not fit architecture"):
         load_teacher_weights(build_model("resnet20", 10), path)
-    (tmp_path / "t.json").unlink()
-    with pytest.raises(UserInputError, match="has no sidecar"):
-        load_teacher_weights(build_model("digits_cnn", 10), path)
+    (tmp_path / "t.json").unlink()  # a user's own file has no sidecar: its hash is computed at load instead
+    info = load_teacher_weights(build_model("digits_cnn", 10), path)
+    assert info["sidecar"] is None and len(info["sha256"]) == 64
+    with pytest.raises(UserInputError, match="does not fit architecture"):
+        load_teacher_weights(build_model("resnet20", 10), path)
 
 
 def test_missing_local_teacher_names_the_train_command(tmp_path):
