@@ -146,6 +146,27 @@ def imagenet() -> RunConfig:
 PROFILE_DEVIATIONS: dict[str, dict[str, str]] = {"cifar10-cpu": CIFAR10_CPU_REDUCTIONS}
 
 
+# Choices by which a config, whatever its profile, runs differently from the official code (not reductions): each
+# is a setting whose official value is available, with why the default differs. Listed in every report's header.
+CODE_CHOICES: dict[str, tuple[object, str]] = {
+    "quant.act_ema": (
+        "official",
+        "correct: the activation ranges' EMA with a proper bias correction, where the official code's blows up "
+        "about 4,000x around step 21 and settles after ~200 steps (T11); quant.act_ema=official runs the code's",
+    ),
+}
+
+
+def code_deviations(cfg: RunConfig) -> dict[str, str]:
+    """The CODE_CHOICES on which `cfg` differs from the official code, and why."""
+    out = {}
+    for dotted, (official, why) in CODE_CHOICES.items():
+        section, field = dotted.split(".")
+        if getattr(getattr(cfg, section), field) != official:
+            out[dotted] = why
+    return out
+
+
 def profile_deviations(name: str) -> dict[str, str]:
     """What a profile changes relative to the official settings, and why (empty for the official profiles)."""
     return dict(PROFILE_DEVIATIONS.get(name, {}))

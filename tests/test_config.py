@@ -73,3 +73,12 @@ def test_cifar10_cpu_lists_exactly_what_it_changes():
     changed = {k for k in official if official[k] != reduced[k]}
     assert changed == set(profile_deviations("cifar10-cpu"))
     assert profile_deviations("cifar10") == {} and profile_deviations("imagenet") == {}
+
+
+def test_every_profile_names_where_it_differs_from_the_official_code():
+    from intraq.config import apply_overrides
+    from intraq.profiles import PROFILES, code_deviations
+
+    for name in PROFILES.names():
+        assert "T11" in code_deviations(get_profile(name))["quant.act_ema"]
+    assert code_deviations(apply_overrides(get_profile("cifar10"), ["quant.act_ema=official"])) == {}

@@ -161,13 +161,19 @@ def header_blocks(res: BenchResults) -> list[Block]:
         f"Seeds: {', '.join(str(s) for s in sorted(set(rows['seed'])))}. "
         f"Commits: {', '.join(sorted({str(c) for c in rows['git_commit']}))}.",
     ]
-    from intraq.profiles import profile_deviations
+    from intraq.profiles import PROFILES, code_deviations, get_profile, profile_deviations
 
     deviations = profile_deviations(res.profile)
     if deviations:
         items.append(
             "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
             + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
+        )
+    choices = code_deviations(get_profile(res.profile)) if res.profile in PROFILES else {}
+    if choices:
+        items.append(
+            "Where this profile runs differently from the official code by choice (`CODE_CHOICES` in "
+            "`intraq/profiles.py`): " + "; ".join(f"`{k}` {v}" for k, v in choices.items()) + "."
         )
     noted = runs[runs["git_commit_note"].notna()]
     if len(noted):
