@@ -321,3 +321,16 @@ def test_cli_report_renders_local_results_to_the_local_reports_folder(
     assert main(["report", "--profile", PROFILE, "--publish"]) == 0
     published = (tmp_path / "reports" / PROFILE / "report.md").read_text()
     assert "Rendered from the results folder `results/fixture/`" in published
+
+
+def test_header_names_the_data_identities_of_the_records(fixture_results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(fixture_results, results)
+    cells = sorted((results / PROFILE / "cells").glob("*.json"))
+    for path in cells[1:]:  # one row stays as records made before identities existed
+        blob = json.loads(path.read_text())
+        path.write_text(json.dumps({**blob, "data_identity": "fixture-0123456789abcdef"}))
+    md = render_report(PROFILE, results, tmp_path / "reports").markdown.read_text()
+    assert "Data (name + content hash, from the records): `fixture-0123456789abcdef`; 1 rows come from records" in md

@@ -79,6 +79,8 @@ def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], result
     }
     if record.get("git_commit_note"):
         out["git_commit_note"] = record["git_commit_note"]
+    if record.get("data_identity"):
+        out["data_identity"] = record["data_identity"]
     save_json(out, cell_file(results, cfg.profile, cell, cfg.seed))
     return out
 

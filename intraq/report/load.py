@@ -84,6 +84,7 @@ def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
         "rotation_degrees": blob.get("rotation_degrees"), "note": blob.get("note", ""),
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),
         "dataset": (blob.get("config") or {}).get("data", {}).get("name"), "file": path.name,
+        "data_identity": blob.get("data_identity"),
     }
 
 

@@ -169,6 +169,13 @@ def header_blocks(res: BenchResults) -> list[Block]:
             "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
             + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
         )
+    identities = sorted({str(i) for i in rows["data_identity"] if isinstance(i, str)})
+    if identities:
+        unnamed = int(rows["data_identity"].isna().sum())
+        items.append(
+            "Data (name + content hash, from the records): " + ", ".join(f"`{i}`" for i in identities)
+            + (f"; {unnamed} rows come from records made before data identities were stored." if unnamed else ".")
+        )
     choices = code_deviations(get_profile(res.profile)) if res.profile in PROFILES else {}
     if choices:
         items.append(
