@@ -268,13 +268,9 @@ class _VersionAction(argparse.Action):
 
 def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.CaseSettings, imported late
     from intraq.campaign import CaseSettings
-    from intraq.config_file import resolve_profile
-
-    args.profile = resolve_profile(args.profile)
-
-    extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
     from intraq.results import default_results_dir
 
+    extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
     results = Path(args.results) if args.results else default_results_dir(args.publish)
     return CaseSettings(args.profile, results, Path(args.artifacts) if args.artifacts else None,
                         tuple(extra), getattr(args, "device", "auto"), getattr(args, "threads", 1),

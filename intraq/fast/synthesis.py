@@ -38,7 +38,7 @@ from intraq.synthesis.centers import ClassCenters
 from intraq.synthesis.lor import LORSettings, apply_affine, sample_lor_schedule
 from intraq.synthesis.losses import draw_sil_targets, mdc_loss, target_loss
 from intraq.synthesis.settings import SynthSettings
-from intraq.teacher.features import feature_module_name
+from intraq.teacher.features import FeatureTap, feature_module_name
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -71,14 +71,6 @@ class GroupedBNStats:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-class _Tap:
-    def __init__(self) -> None:
-        self.features: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self.features = output.flatten(1)
 
 
 @dataclass
@@ -123,7 +115,7 @@ class StackedBatchOptimizer:
         self.memory_format = torch.channels_last if self.fast.channels_last else torch.contiguous_format
         self.teacher.eval().requires_grad_(False).to(device=dev, memory_format=self.memory_format)
         self.bns = GroupedBNStats(self.teacher, r)
-        self.tap = _Tap()
+        self.tap = FeatureTap()
         self.tap_handle = self.teacher.get_submodule(feature_module_name(self.teacher)).register_forward_hook(self.tap)
         c, h, w = self.shape
         self.x = torch.zeros(r * b, c, h, w, device=dev).contiguous(memory_format=self.memory_format)
