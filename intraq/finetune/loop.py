@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from intraq.artifacts import load_torch, save_torch
+from intraq.interrupts import deferred_interrupts
 from intraq.results import sitting
 
 EXPLOSION_FACTOR = 10.0  # an epoch's loss above this multiple of the first trained epoch's loss is "exploded"
@@ -136,7 +137,8 @@ def run_epochs(
         seek(schedulers, epoch + 1)
         if loop.checkpoint_path is not None:
             blob = {**state(), "history": out.history, "seconds": out.seconds, "epoch": epoch, "sittings": out.sittings}
-            save_torch(blob, loop.checkpoint_path)
+            with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C during its save
+                save_torch(blob, loop.checkpoint_path)
         if diverged:
             # A non-finite loss never recovers (NaN weights): stop, keep the evaluated epochs, flag it.
             bar.write(f"{loop.desc} diverged at epoch {epoch} (non-finite loss); stopping")

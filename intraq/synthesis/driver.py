@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from intraq.artifacts import load_torch, remove_artifact, save_torch
+from intraq.interrupts import deferred_interrupts
 from intraq.synthesis.batches import batch_path, load_or_make_batch
 
 CHECKPOINT_SECONDS = 60.0  # mid-batch state is saved at most this often (and always on an interrupt)
@@ -65,24 +66,28 @@ def run_iterations(
 ) -> None:
     """Iterations `start`..`total`-1: `compute(it)` (forward/backward, no state change) then `update(it, out)`.
 
-    `snapshot(done)` is the state after `done` iterations. On an interrupt it is saved if the state is
-    consistent (not inside `update`); otherwise the last periodic checkpoint stands. A snapshot is never
-    taken after the last iteration, so a resumed batch always runs at least one (its record needs it).
+    `snapshot(done)` is the state after `done` iterations. Ctrl-C and SIGTERM are held back while `update`
+    changes state, so on one the state after the last whole iteration is saved; an exception raised inside
+    `update` itself leaves the state half-changed, and then the last periodic checkpoint stands. A snapshot is
+    never taken after the last iteration, so a resumed batch always runs at least one (its record needs it).
     """
     done: int | None = start
     progress.update(start)
     try:
         for it in range(start, total):
             out = compute(it)
-            done = None
-            update(it, out)
-            done = it + 1
+            with deferred_interrupts():
+                done = None
+                update(it, out)
+                done = it + 1
             progress.update(1)
             if done < total and checkpoint.due():
-                checkpoint.save(snapshot(done))
+                with deferred_interrupts():
+                    checkpoint.save(snapshot(done))
     except KeyboardInterrupt:
         if done is not None and 0 < done < total:
-            checkpoint.save(snapshot(done))
+            with deferred_interrupts():
+                checkpoint.save(snapshot(done))
         raise
 
 
