@@ -49,7 +49,7 @@ def test_round_trip_through_dict():
 
 def test_profiles_exist_and_unknown_profile_lists_them():
     assert {"smoke", "cifar10", "cifar10-cpu", "imagenet"} <= set(PROFILES.names())
-    with pytest.raises(UserInputError, match="known: cifar10, cifar10-cpu, imagenet, smoke"):
+    with pytest.raises(UserInputError, match="known: cifar10, cifar10-cpu, imagenet, imagenet-official-script, smoke"):
         get_profile("cifar100")
 
 
@@ -72,7 +72,24 @@ def test_cifar10_cpu_lists_exactly_what_it_changes():
     official, reduced = _flat(get_profile("cifar10")), _flat(get_profile("cifar10-cpu"))
     changed = {k for k in official if official[k] != reduced[k]}
     assert changed == set(profile_deviations("cifar10-cpu"))
-    assert profile_deviations("cifar10") == {} and profile_deviations("imagenet") == {}
+    assert profile_deviations("cifar10") == {} and profile_deviations("imagenet-official-script") == {}
+
+
+def test_imagenet_lists_its_margins_against_the_official_script():
+    """T1: the official ImageNet script's margins switch MDC and SIL off; `imagenet` turns them on and says so."""
+    from intraq.profiles import profile_deviations
+    from intraq.synthesis.settings import effective_synth_settings
+
+    official, ours = get_profile("imagenet-official-script"), get_profile("imagenet")
+    flat_official, flat_ours = _flat(official), _flat(ours)
+    changed = {k for k in flat_official if flat_official[k] != flat_ours[k]}
+    assert changed == set(profile_deviations("imagenet")) == {"synth.variant"}
+    script = effective_synth_settings(official, "imagenet")
+    assert (script.target_pro, script.margin_low, script.margin_up) == (1.0, 0.0, 2.0)
+    assert script.mdc_inert and script.sil_inert
+    paper = effective_synth_settings(ours, "imagenet")
+    assert (paper.target_pro, paper.margin_low, paper.margin_up) == (0.95, 0.05, 0.8)
+    assert not paper.mdc_inert and not paper.sil_inert
 
 
 def test_every_profile_names_where_it_differs_from_the_official_code():

@@ -189,6 +189,20 @@ def test_snapshot_is_the_lowest_loss_iterate(tmp_path: Path) -> None:
     assert torch.equal(best.labels, last.labels) and not torch.equal(best.images, last.images)
 
 
+def test_after_step_snapshot_is_one_step_past_the_lowest_loss(tmp_path: Path) -> None:
+    """The ImageNet script (NVlabs/DeepInversion@cb22f73): the lowest loss chooses the iteration, the copy is
+    taken after that iteration's step, so it equals a run stopped one step later."""
+    ctx = _ctx(_cfg(), _teacher(), tmp_path)
+    after = generate_deepinversion(ctx, _small(iterations=5, lr=2.0, snapshot="after-step"))
+    record = after.meta["batches"][0]
+    k = record["best_iteration"]
+    assert 0 < k < 4, record["loss_trace"]
+    stopped = generate_deepinversion(ctx, _small(iterations=k + 1, lr=2.0, snapshot="last"))
+    assert torch.equal(after.images, stopped.images)
+    best = generate_deepinversion(ctx, _small(iterations=5, lr=2.0))
+    assert not torch.equal(after.images, best.images)
+
+
 def test_seeded_reproducibility(tmp_path: Path) -> None:
     a = generate_deepinversion(_ctx(_cfg(seed=3), _teacher(), tmp_path / "a"), _small(labels="random"))
     b = generate_deepinversion(_ctx(_cfg(seed=3), _teacher(), tmp_path / "b"), _small(labels="random"))

@@ -9,10 +9,14 @@ is taken on the jittered x'. ImageNet (setting_id 1, full resolution only, trap 
 iterations, then decays it by a cosine, and clips x to the valid pixel range after every step; the CIFAR
 script keeps the lr constant and does not clip. The output is the lowest-loss snapshot of each batch.
 
-Two things the released code does differently, recorded here because they change which tensor comes out:
-the ImageNet script never lowers `best_cost` (it stays 1e4), and the CIFAR script stores `inputs.data`
-without a copy; in both the "best" images are in fact the final iterate. `snapshot="last"` reproduces that;
-the default `snapshot="best"` keeps the lowest-loss snapshot that both scripts intend (and the brief asks for).
+Which tensor comes out differs between the released scripts, so each is a `snapshot` choice:
+- the CIFAR script keeps `best_inputs = inputs.data` without a copy, so its "best" is the final iterate, and so
+  was the ImageNet script's before NVlabs/DeepInversion@cb22f73 (it never lowered `best_cost`, which stayed
+  1e4): `snapshot="last"`;
+- the ImageNet script from cb22f73 on lowers `best_cost`, but takes its copy after `optimizer.step()` and the
+  clip: the images one step past the iteration whose loss was lowest: `snapshot="after-step"`;
+- the default `snapshot="best"` keeps the tensor the lowest loss was measured on, which both scripts intend
+  (and the brief asks for).
 
 As in `intraq.py`, batch k draws all its randomness from a CPU generator seeded by (seed, k) and is kept as a
 file under `ctx.work_dir`, so a longer run reuses earlier batches and an interrupted one resumes.
@@ -44,7 +48,7 @@ METHOD = "deepinversion"
 PRESET_BY_DATASET = {"imagenet": "imagenet", "cifar10": "cifar", "cifar100": "cifar", "digits": "cifar"}
 LR_SCHEDULES = ("warmup-cosine", "constant")
 LABEL_MODES = ("random", "cyclic")
-SNAPSHOTS = ("best", "last")
+SNAPSHOTS = ("best", "after-step", "last")
 RUN_CONFIG_FIELDS = ("num_images", "batch_size", "iterations")  # taken from cfg.synth, see effective_config
 
 
@@ -79,7 +83,7 @@ class DeepInversionConfig:
     flip: bool = True  # horizontal flip of the whole batch with p = 0.5 per iteration
     clip: bool = True  # clamp to [-m/s, (1-m)/s] per channel after every step
     labels: str = "random"  # random: uniform (--random_label) | cyclic: 0, 1, ..., C-1, 0, ... per batch
-    snapshot: str = "best"  # best: lowest-total-loss snapshot | last: final iterate (what the code returns)
+    snapshot: str = "best"  # best: lowest-loss iterate | after-step: one step past it | last: final iterate
     reference_size: int = 224
 
     @classmethod
@@ -264,13 +268,16 @@ def _optimize_batch(
             with torch.no_grad():
                 cost = total.detach()
                 trace[it] = cost
-                better = cost < best_cost  # the snapshot is the tensor this loss was measured on
-                best.copy_(torch.where(better, x.detach(), best))
+                better = cost < best_cost
+                if di.snapshot != "after-step":  # the tensor this loss was measured on
+                    best.copy_(torch.where(better, x.detach(), best))
                 best_cost.copy_(torch.where(better, cost, best_cost))
             optimizer.step()
-            if di.clip:
-                with torch.no_grad():
+            with torch.no_grad():
+                if di.clip:
                     x.clamp_(low, high)
+                if di.snapshot == "after-step":  # the ImageNet script's copy, taken after the step and the clip
+                    best.copy_(torch.where(better, x.detach(), best))
 
         def snapshot(done: int) -> dict[str, Any]:
             state = {"x": x.detach(), "best": best, "best_cost": best_cost, "trace": trace}
@@ -286,7 +293,7 @@ def _optimize_batch(
         run_iterations(start_it, di.iterations, compute, update, snapshot, checkpoint, progress)
     terms, lr = last["terms"], last["lr"]
     with torch.no_grad():
-        out = best if di.snapshot == "best" else x.detach()
+        out = x.detach() if di.snapshot == "last" else best
         if di.clip:  # only the initial noise is out of range, and only it could be the "best" unclipped tensor
             out = out.clamp(low, high)
         teacher_acc = (teacher(out).argmax(1) == labels_d).float().mean()
