@@ -334,3 +334,32 @@ def test_header_names_the_data_identities_of_the_records(fixture_results: Path, 
         path.write_text(json.dumps({**blob, "data_identity": "fixture-0123456789abcdef"}))
     md = render_report(PROFILE, results, tmp_path / "reports").markdown.read_text()
     assert "Data (name + content hash, from the records): `fixture-0123456789abcdef`; 1 rows come from records" in md
+
+
+def _header(results: Path, profile: str) -> str:
+    from intraq.report.render import Report, header_blocks
+
+    return to_markdown(Report(profile=profile, blocks=header_blocks(load_results(results, profile))))
+
+
+def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report) -> None:
+    """A record made with `--set` (here: fewer epochs) is named in the header; a setting outside the method's
+    sections (fine-tuning epochs of SQuant, which does not fine-tune) is not a setting of that run."""
+    import shutil
+
+    from intraq.report.overrides import settings_beyond_cell
+
+    results = tmp_path / "results"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "smoke", results / "smoke")
+    md = _header(results, "smoke")
+    assert "Settings beyond the profile's" in md and "none: every run used its profile's settings" in md
+    cells = results / "smoke" / "cells"
+    for name in ("lor--L-seed0.json", "comparison--squant-seed0.json"):
+        blob = json.loads((cells / name).read_text())
+        blob["config"]["finetune"]["epochs"] = 2
+        (cells / name).write_text(json.dumps(blob))
+    assert settings_beyond_cell(json.loads((cells / "comparison--squant-seed0.json").read_text())) == ()
+    assert settings_beyond_cell(json.loads((cells / "lor--L-seed0.json").read_text())) == ("finetune.epochs=2",)
+    md = _header(results, "smoke")
+    assert re.search(r"Settings beyond the profile's .*: `finetune\.epochs=2` \(1 of \d+ runs\)", md)
+    assert "could not be checked" in to_markdown(report)  # the fixture's profile is registered nowhere

@@ -14,6 +14,7 @@ import pandas as pd
 from intraq.claims import machine_class
 from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir, figures_dir
+from intraq.report.overrides import settings_beyond_cell
 from intraq.results import read_cell_record
 from intraq.tables import METRICS, all_tables
 
@@ -85,6 +86,7 @@ def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),
         "dataset": (blob.get("config") or {}).get("data", {}).get("name"), "file": path.name,
         "data_identity": blob.get("data_identity"),
+        "settings_beyond_cell": settings_beyond_cell(blob),
     }
 
 

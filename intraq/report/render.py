@@ -26,6 +26,7 @@ from intraq.claims import (
 )
 from intraq.report import figures as figs
 from intraq.report.load import BenchResults, load_results, summarize
+from intraq.report.overrides import describe_settings
 from intraq.report.timing import compute_of, describe
 from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, Table, all_tables
 
@@ -169,6 +170,11 @@ def header_blocks(res: BenchResults) -> list[Block]:
             "Deviations of this profile from the official hyperparameters (`intraq/profiles.py`): "
             + "; ".join(f"`{k}` {v}" for k, v in deviations.items()) + "."
         )
+    items.append(
+        "Settings beyond the profile's (each record's config against its cell's config at this profile today; "
+        "`--set` overrides, a study file's edits and profile changes since a run all show here): "
+        + describe_settings(runs["settings_beyond_cell"]) + "."
+    )
     identities = sorted({str(i) for i in rows["data_identity"] if isinstance(i, str)})
     if identities:
         unnamed = int(rows["data_identity"].isna().sum())

@@ -1,0 +1,71 @@
+"""Which settings a run used beyond its cell: the record's config against the cell's config at its profile.
+
+The report header names them, so a table run with `--set finetune.epochs=2` (or a record made before a profile
+changed) can never pass for the profile's own settings. Computed from the records alone; location fields (where
+data and teachers live) are not settings and are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from intraq.config import LOCATION_FIELDS
+
+IGNORED = {*LOCATION_FIELDS, "seed", "profile"}
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """`{"synth": {"lr": 0.5}}` -> `{"synth.lr": 0.5}` (one level of sections, as RunConfig has)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _setting(key: str, value: Any) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def settings_beyond_cell(blob: dict[str, Any]) -> tuple[str, ...] | None:
+    """`field=value` for each setting of a cell file's record that differs from its cell's config at its profile
+    today, over the sections that decide the method's numbers (those its case hash covers); None when that
+    cannot be known (a profile not registered here, an unknown cell, no stored config).
+
+    A field the record lacks was added after it ran and held its default then; a field the config no longer
+    has is not a setting of today's code: neither is listed."""
+    from intraq.pipeline import relevant_config
+    from intraq.profiles import PROFILES
+    from intraq.tables import all_tables, cell_config
+
+    config, profile = blob.get("config"), blob.get("profile")
+    if not isinstance(config, dict) or profile not in PROFILES:
+        return None
+    cells = {(t.key, c.key): c for t in all_tables() for c in t.cells}
+    cell = cells.get((blob.get("table"), blob.get("cell")))
+    if cell is None:
+        return None
+    expected = flatten(relevant_config(cell_config(cell, profile, int(blob.get("seed", 0)))))
+    used = flatten(config)
+    return tuple(
+        sorted(_setting(k, v) for k, v in used.items() if k not in IGNORED and k in expected and expected[k] != v)
+    )
+
+
+def describe_settings(per_run: Iterable[tuple[str, ...] | None]) -> str:
+    """One sentence over the distinct runs of a report: the settings beyond their cells, with run counts."""
+    per_run = list(per_run)
+    counts = Counter(s for settings in per_run if settings for s in settings)
+    unknown = sum(1 for settings in per_run if settings is None)
+    if counts:
+        text = "; ".join(f"`{s}` ({n} of {len(per_run)} runs)" for s, n in sorted(counts.items()))
+    else:
+        text = "none: every run used its profile's settings for its cell"
+    if unknown:
+        text += f"; {unknown} runs could not be checked (profile or cell unknown here, or no stored config)"
+    return text
