@@ -142,36 +142,50 @@ def test_new_data_fields_keep_every_published_case_name():
     assert config_hash(base) != config_hash(changed)
 
 
+# The three shapes of issue 19: 28x28 grey / 10 classes, 32x32 RGB / 100 classes, 64x64 RGB / 7 classes (the last
+# with a torchvision architecture by name).
+SHAPES = {
+    "grey28": dict(side=28, classes=10, grey=True, teacher="digits_cnn"),
+    "rgb32c100": dict(side=32, classes=100, grey=False, teacher="digits_cnn"),
+    "rgb64c7": dict(side=64, classes=7, grey=False, teacher="torchvision:resnet18"),
+}
+
+
 @pytest.mark.slow
-def test_pipeline_end_to_end_on_a_grey_28px_data_set(tmp_path: Path):
-    """Teacher recipe, IntraQ images, W4A4, calibration and fine-tuning on a user's 1-channel data set."""
+@pytest.mark.parametrize("name", SHAPES)
+def test_pipeline_end_to_end_on_each_shape(tmp_path: Path, name: str):
+    """Teacher recipe, IntraQ images, W4A4, calibration and fine-tuning on a user's data set of each shape."""
     from intraq.config import apply_overrides
     from intraq.pipeline import RunPaths, run_case
     from intraq.profiles import get_profile
 
-    make_tree(tmp_path / "grey", 28, 10, per_class=3, grey=True)
+    shape = SHAPES[name]
+    make_tree(tmp_path / name, shape["side"], shape["classes"], per_class=2, grey=shape["grey"])
     cfg = apply_overrides(get_profile("smoke"), [
-        "data.name=grey28", "data.loader=image-folder", f"data.root={tmp_path / 'grey'}",
-        f"data.cache_dir={tmp_path / 'cache'}", "teacher.checkpoint=none", "teacher.auto_train=true",
-        "teacher.train_epochs=1", "teacher.train_batch_size=10",
+        f"data.name={name}", "data.loader=image-folder", f"data.root={tmp_path / name}",
+        f"data.cache_dir={tmp_path / 'cache'}", f"teacher.name={shape['teacher']}", "teacher.checkpoint=none",
+        "teacher.auto_train=true", "teacher.train_epochs=1", "teacher.train_batch_size=10",
         "synth.num_images=20", "synth.batch_size=10", "synth.iterations=3", "finetune.epochs=3",
         "finetune.iters_per_epoch=2", "finetune.calib_epochs=1", "finetune.batch_size=10",
         "finetune.calib_batch_size=4",
     ])
     paths = RunPaths(artifacts=tmp_path / "artifacts", results=tmp_path / "results")
     record = run_case(cfg, paths, torch.device("cpu"), progress=False)
-    assert record["data_identity"].startswith("grey28-")
+    assert record["data_identity"].startswith(f"{name}-")
     assert record["config"]["data"]["loader"] == "image-folder"
+    assert record["teacher"]["name"] == shape["teacher"]
     for key in ("after_calibration", "final_epoch", "best_epoch", "teacher"):
         assert 0.0 <= record["accuracy"][key] <= 100.0
+    images = torch.load(next((tmp_path / "artifacts" / "synthesis").rglob("batch00000-n10.pt")), weights_only=True)
+    assert tuple(images["images"].shape[1:]) == (1 if shape["grey"] else 3, shape["side"], shape["side"])
 
 
-def _plain_teacher(path: Path, channels: int, classes: int, wrap: str | None = None) -> Path:
+def _plain_teacher(path: Path, channels: int, classes: int, wrap: str | None = None, arch: str = "digits_cnn") -> Path:
     """A user's own checkpoint: a plain state dict (or a full checkpoint / DataParallel names), no sidecar."""
     from intraq.teacher.models import build_model
 
     torch.manual_seed(0)
-    state = build_model("digits_cnn", classes, channels).state_dict()
+    state = build_model(arch, classes, channels).state_dict()
     if wrap == "module":
         state = {f"module.{k}": v for k, v in state.items()}
     blob = {"epoch": 3, "state_dict": state} if wrap == "full" else state
@@ -211,29 +225,34 @@ def test_a_teacher_of_other_data_is_refused_unless_allowed(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_study_file_runs_a_table_with_pytest_bench(tmp_path: Path):
+@pytest.mark.parametrize("name", SHAPES)
+def test_a_study_file_runs_a_table_with_pytest_bench(tmp_path: Path, name: str):
     """Issue 19's promise: an ImageFolder tree, a state dict and a study file; then `pytest bench -k data_amount`."""
     import subprocess
     import sys
 
-    make_tree(tmp_path / "grey", 28, 10, per_class=3, grey=True)
-    teacher = _plain_teacher(tmp_path / "teacher.pt", channels=1, classes=10)
-    study = tmp_path / "grey-study.toml"
-    study.write_text(f"""profile = "grey-study"
+    shape = SHAPES[name]
+    make_tree(tmp_path / name, shape["side"], shape["classes"], per_class=2, grey=shape["grey"])
+    channels = 1 if shape["grey"] else 3
+    teacher = _plain_teacher(tmp_path / "teacher.pt", channels=channels, classes=shape["classes"],
+                             arch=shape["teacher"])
+    study = tmp_path / f"{name}-study.toml"
+    study.write_text(f"""profile = "{name}-study"
 base = "smoke"
 [data]
-name = "grey28"
+name = "{name}"
 loader = "image-folder"
-root = "{tmp_path / 'grey'}"
+root = "{tmp_path / name}"
 cache_dir = "{tmp_path / 'cache'}"
 [teacher]
+name = "{shape['teacher']}"
 checkpoint = "{teacher}"
 [synth]
 num_images = 20
 batch_size = 10
 iterations = 2
 [finetune]
-epochs = 3
+epochs = 2
 iters_per_epoch = 2
 calib_epochs = 1
 batch_size = 10
@@ -246,6 +265,7 @@ calib_batch_size = 4
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "grey-study").glob("*-seed0.json")]
-    assert len(records) == 5 and all(r["data_identity"].startswith("grey28-") for r in records)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / f"{name}-study").glob("*-seed0.json")]
+    assert len(records) == 5 and all(r["data_identity"].startswith(f"{name}-") for r in records)
     assert sorted(r["config"]["synth"]["num_images"] for r in records) == [1, 5, 20, 39, 78]
+    assert {r["teacher"]["name"] for r in records} == {shape["teacher"]}

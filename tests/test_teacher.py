@@ -153,3 +153,52 @@ def test_cli_teacher_train_writes_under_the_artifacts_by_default(tmp_path, capsy
     assert (tmp_path / "teachers" / (written[0].name + ".sha256")).exists()
     assert main(args) == 2
     assert "exists; pass --force" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ torchvision architectures by name
+
+
+def test_torchvision_by_name_has_one_activation_module_per_call_site():
+    """A Bottleneck calls its one ReLU three times: traced, every call site gets its own module, the function is
+    unchanged, a deep copy keeps the feature module, and the quantizer puts one quantizer per site."""
+    import copy
+
+    from torchvision.models import resnet50
+
+    from intraq.config import QuantConfig
+    from intraq.quantize import quantize_model
+    from intraq.teacher.torchvision_models import QUANTIZED_ACTIVATIONS
+
+    torch.manual_seed(0)
+    reference = resnet50(num_classes=7).eval()
+    model = build_model("torchvision:resnet50", 7).eval()
+    model.load_state_dict(reference.state_dict())  # same parameter names as torchvision's
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), reference(x))
+    calls: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QUANTIZED_ACTIVATIONS):
+            module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    model(x)
+    assert len(calls) == 49 and set(calls.values()) == {1}  # 1 stem + 16 blocks x 3
+    assert copy.deepcopy(model).feature_module_name == model.feature_module_name == "avgpool"
+    quantized = quantize_model(model, QuantConfig())
+    assert sum(type(m).__name__ == "QuantAct" for m in quantized.modules()) == 49
+
+
+def test_torchvision_by_name_adapts_to_grey_data_and_taps_penultimate_features():
+    from intraq.teacher.features import logits_and_features
+
+    model = build_model("torchvision:mobilenet_v2", 7, in_channels=1).eval()
+    logits, features = logits_and_features(model, torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 7) and features.shape == (2, model.get_submodule("classifier.1").in_features)
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("torchvision:efficientnet_b0", "uses SiLU"),
+    ("torchvision:densenet121", "applies relu as a function"),
+    ("torchvision:resnet_nothing", "no classification model 'resnet_nothing'"),
+])
+def test_torchvision_architectures_the_quantizer_cannot_cover_are_refused(name, reason):
+    with pytest.raises(UserInputError, match=reason):
+        build_model(name, 10)

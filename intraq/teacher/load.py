@@ -57,8 +57,17 @@ def _pretrained_torchvision(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Mo
         return model, {"checkpoint": str(path), "sha256": sha256_file(path)}
     from torchvision.models import ResNet18_Weights
 
+    from intraq.teacher.torchvision_models import is_torchvision_name, pretrained_state_dict
+
+    if is_torchvision_name(cfg.name):  # torchvision's default ImageNet weights; a failed download raises
+        state, weights_name = pretrained_state_dict(cfg.name)
+        model.load_state_dict(state)
+        return model, {"weights": weights_name}
     if cfg.name != "resnet18":
-        raise UserInputError(f"torchvision weights are wired for resnet18 only, not {cfg.name}")
+        raise UserInputError(
+            f"torchvision weights for teacher.name={cfg.name!r}: use resnet18 (the paper's lineage) or "
+            "torchvision:<name> for any torchvision classification model"
+        )
     weights = ResNet18_Weights.IMAGENET1K_V1
     model.load_state_dict(weights.get_state_dict(progress=True))  # network: raises if it cannot download
     return model, {"weights": str(weights)}

@@ -142,5 +142,10 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """A registered architecture for the data's class count and channels (1 for grayscale, 3 for RGB)."""
+    """A registered architecture, or any torchvision classification model as `torchvision:<name>`, for the
+    data's class count and channels (1 for grayscale, 3 for RGB)."""
+    from intraq.teacher.torchvision_models import build_torchvision, is_torchvision_name
+
+    if is_torchvision_name(name):
+        return build_torchvision(name, num_classes, in_channels)
     return MODELS.get(name)(num_classes, in_channels)
