@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,12 @@ def run_case_record(
     if stored is not None and not force:
         if _stored_result_is_current(stored, cfg, paths):
             return stored
-        warnings.warn(f"{out} was made with another teacher checkpoint; recomputing it", stacklevel=3)
+        raise UserInputError(
+            f"{out} holds a result made with teacher sha256 {str(stored.teacher.get('sha256'))[:12]}, but the "
+            "teacher checkpoint there now differs: give this study its own profile name (profile = ... in a "
+            "--config file) or its own --results folder so the two never mix, or, to replace it, delete that file "
+            "(or pass --force to `intraq run`)"
+        )
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)

@@ -269,3 +269,33 @@ calib_batch_size = 4
     assert len(records) == 5 and all(r["data_identity"].startswith(f"{name}-") for r in records)
     assert sorted(r["config"]["synth"]["num_images"] for r in records) == [1, 5, 20, 39, 78]
     assert {r["teacher"]["name"] for r in records} == {shape["teacher"]}
+
+
+def test_two_data_sets_never_share_a_result(tmp_path: Path):
+    """Data sets A and B with one name and one set of settings (only the files differ): B never gets A's stored
+    result and never replaces it, not even with force; under its own study name B gets its own result."""
+    from intraq.config import apply_overrides
+    from intraq.pipeline import RunPaths, run_case
+    from intraq.profiles import get_profile
+
+    for name, seed in (("a", 0), ("b", 1)):
+        make_tree(tmp_path / name, 16, 3, per_class=2, grey=True, seed=seed)
+    teacher = _plain_teacher(tmp_path / "teacher.pt", channels=1, classes=3)
+
+    def cfg(root: str, profile: str):
+        return apply_overrides(get_profile("smoke"), [
+            f"profile={profile}", "data.name=mine", "data.loader=image-folder", f"data.root={tmp_path / root}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"teacher.checkpoint={teacher}", "synth.method=squant",
+        ])
+
+    paths = RunPaths(artifacts=tmp_path / "artifacts", results=tmp_path / "results")
+    first = run_case(cfg("a", "study"), paths, torch.device("cpu"), progress=False)
+    stored = tmp_path / "results" / "study" / f"{first['case']}-seed0.json"
+    before = stored.read_bytes()
+    for force in (False, True):
+        with pytest.raises(UserInputError, match=r"holds a result on data mine-.*own profile name"):
+            run_case(cfg("b", "study"), paths, torch.device("cpu"), progress=False, force=force)
+    assert stored.read_bytes() == before
+    second = run_case(cfg("b", "study-b"), paths, torch.device("cpu"), progress=False)
+    assert second["data_identity"] != first["data_identity"]  # other data: two results, two folders
+    assert (tmp_path / "results" / "study-b" / f"{second['case']}-seed0.json").exists()

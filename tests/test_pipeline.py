@@ -6,6 +6,7 @@ import pytest
 
 from intraq.cli import main
 from intraq.config import apply_overrides
+from intraq.errors import UserInputError
 from intraq.pipeline import RunPaths, case_hash, run_case
 from intraq.profiles import get_profile
 
@@ -84,14 +85,18 @@ def test_every_method_runs_through_the_pipeline(paths, tiny_overrides, method):
         assert record["synthesis"]["method"] == method
 
 
-def test_a_result_from_another_teacher_is_recomputed(paths, tiny_overrides):
+def test_a_result_from_another_teacher_is_never_replaced_silently(paths, tiny_overrides):
+    """Results of two teachers never overwrite each other: the run stops and names the fixes; --force replaces."""
     cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=squant"])
     record = run_case(cfg, paths, progress=False)
     stored = paths.results / "smoke" / f"{record['case']}-seed0.json"
     stale = dict(record, teacher=dict(record["teacher"], sha256="0" * 64))
     stored.write_text(json.dumps(stale))
-    with pytest.warns(UserWarning, match="another teacher checkpoint"):
-        fresh = run_case(cfg, paths, progress=False)
+    before = stored.read_bytes()
+    with pytest.raises(UserInputError, match=r"teacher sha256 000000000000.*own profile name.*--force"):
+        run_case(cfg, paths, progress=False)
+    assert stored.read_bytes() == before
+    fresh = run_case(cfg, paths, progress=False, force=True)
     assert fresh["teacher"]["sha256"] == record["teacher"]["sha256"]
 
 
