@@ -363,3 +363,30 @@ def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report
     md = _header(results, "smoke")
     assert re.search(r"Settings beyond the profile's .*: `finetune\.epochs=2` \(1 of \d+ runs\)", md)
     assert "could not be checked" in to_markdown(report)  # the fixture's profile is registered nowhere
+
+
+def test_learning_curve_of_the_shared_cell_beside_other_profiles(tmp_path: Path) -> None:
+    """The curve comes from each record's per-epoch history, best epoch as the record says; another profile of
+    the same data set is drawn beside it, one of other data is not."""
+    import shutil
+
+    from intraq.report.curves import curves_beside, load_curves
+    from intraq.report.render import curve_blocks
+
+    results = tmp_path / "results"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "smoke", results / "smoke")
+    curves = load_curves(results, "smoke")
+    assert [c.seed for c in curves] == [0, 1, 2]
+    for curve in curves:
+        cell = json.loads((results / "smoke" / "cells" / f"main_cifar10--w4a4-seed{curve.seed}.json").read_text())
+        assert curve.best == pytest.approx(cell["accuracy"]["best_epoch"])
+        assert max(curve.accuracy) == pytest.approx(curve.best)
+    shutil.copytree(results / "smoke", results / "smoke-twin")
+    shutil.copytree(results / "smoke", results / "other-data")
+    for path in (results / "other-data").glob("*.json"):
+        blob = json.loads(path.read_text())
+        blob["config"]["data"]["name"] = "something-else"
+        path.write_text(json.dumps(blob))
+    assert list(curves_beside(results, "smoke")) == ["smoke", "smoke-twin"]
+    blocks = curve_blocks(load_results(results, "smoke"))
+    assert any(getattr(b, "name", "") == "learning-curve.png" and b.png.startswith(b"\x89PNG") for b in blocks)

@@ -159,3 +159,24 @@ def diversity_figure(methods: Sequence[MethodFigureData]) -> bytes:
     ax.set_title("Intra-class diversity of teacher features", fontsize=10)
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def learning_curve_figure(curves: dict[str, list]) -> bytes:
+    """One panel per profile: test top-1 per evaluated epoch, a line per seed, its best epoch starred, the
+    calibration epochs shaded (`curves` from `intraq.report.curves.curves_beside`)."""
+    fig = Figure(figsize=(5.2 * len(curves), 4.0))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (profile, runs) in zip(axes, curves.items(), strict=True):
+        for run in runs:
+            (line,) = ax.plot(run.epochs, run.accuracy, marker=".", lw=1.2, label=f"seed {run.seed}")
+            if run.best is not None:
+                ax.plot([run.best_epoch], [run.best], marker="*", ms=13, color=line.get_color(), ls="none")
+        calibration = max(r.calibration_epochs for r in runs)
+        if calibration:
+            ax.axvspan(-0.5, calibration - 0.5, color="0.9", label="calibration epochs")
+        ax.set_title(f"{profile} (machine: {', '.join(sorted({r.machine for r in runs}))})", fontsize=9)
+        ax.set_xlabel("epoch (★ best epoch)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return to_png(fig)

@@ -25,6 +25,7 @@ from intraq.claims import (
     fmt_apart,
 )
 from intraq.report import figures as figs
+from intraq.report.curves import curves_beside
 from intraq.report.load import BenchResults, load_results, summarize
 from intraq.report.overrides import describe_settings
 from intraq.report.timing import compute_of, describe
@@ -489,8 +490,31 @@ def build_report(res: BenchResults) -> Report:
         overview.append(glance_row("Figure 1 (diversity)", None, report.verdicts[-1], None))
     report.blocks += [Heading(2, "Claims at a glance"), TableBlock(GLANCE_COLUMNS, tuple(overview),
                       "Gaps: ours on this profile's setting, the paper's on its own; compare the two, never across.")]
-    report.blocks += sections + figure_blocks(res, methods) + throughput_blocks(res.results_dir)
+    report.blocks += sections + curve_blocks(res) + figure_blocks(res, methods) + throughput_blocks(res.results_dir)
     return report
+
+
+def curve_blocks(res: BenchResults) -> list[Block]:
+    """The learning curve of the shared IntraQ W4A4 cell, beside the same cell at other profiles of its data."""
+    curves = curves_beside(res.results_dir, res.profile)
+    if not curves:
+        return []
+    lines = []
+    for profile, runs in curves.items():
+        for run in runs:
+            best = f"best {run.best:.2f}% at epoch {run.best_epoch}" if run.best is not None else "no best epoch"
+            lines.append(f"`{profile}` seed {run.seed}: {len(run.epochs)} evaluated epochs, {best}, last "
+                         f"{run.accuracy[-1]:.2f}% at epoch {run.epochs[-1]}")
+    return [
+        Heading(2, "Learning curve of the IntraQ W4A4 cell"),
+        Para("How much of stage 2 a result needs: test top-1 per evaluated epoch of the cell that five tables "
+             "share, from each record's history; other profiles of the same data set beside it, each in its own "
+             "setting (their epochs, lr and synthetic sets differ), so compare shapes, not levels."),
+        Bullets(tuple(lines)),
+        FigureBlock("learning-curve.png", figs.learning_curve_figure(curves),
+                    "Test top-1 per evaluated epoch, one line per seed, ★ at the best epoch; shaded: the BN/range "
+                    "calibration epochs before fine-tuning."),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- markdown / HTML

@@ -1,0 +1,77 @@
+"""Learning curves from the records: test top-1 per evaluated epoch of one cell, per seed, with its best epoch.
+
+The curve of the shared IntraQ W4A4 cell says how much of stage 2 a result needs (issue "The learning curve at
+official strength"): drawn for the report's profile and, beside it, for every other profile in the same results
+folder that ran the same cell on the same data set (each in its own setting: epochs and lr differ).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from intraq.report.collect import cells_dir
+
+CURVE_CELL = ("main_cifar10", "w4a4")  # the IntraQ W4A4 cell that five tables share
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's evaluated epochs (stage-2 epoch index, calibration epochs first) and their test top-1."""
+
+    profile: str
+    seed: int
+    epochs: tuple[int, ...]
+    accuracy: tuple[float, ...]
+    calibration_epochs: int
+    best_epoch: int | None
+    dataset: str | None
+    machine: str
+
+    @property
+    def best(self) -> float | None:
+        if self.best_epoch is None or self.best_epoch not in self.epochs:
+            return None
+        return self.accuracy[self.epochs.index(self.best_epoch)]
+
+
+def _curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
+    cell = json.loads(cell_file.read_text())
+    record_path = folder / cell.get("result_file", "")
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    points = [(int(h["epoch"]), float(h["acc"])) for h in record.get("history") or [] if h.get("acc") is not None]
+    if not points:
+        return None
+    machine = record.get("machine") or {}
+    return Curve(
+        profile=profile, seed=int(record["seed"]), epochs=tuple(e for e, _ in points),
+        accuracy=tuple(a for _, a in points),
+        calibration_epochs=sum(1 for h in record["history"] if h.get("phase") == "calibration"),
+        best_epoch=(record.get("accuracy") or {}).get("best_epoch_index"),
+        dataset=((record.get("config") or {}).get("data") or {}).get("name"),
+        machine=str(machine.get("gpu") or machine.get("cpu_model") or machine.get("processor") or "?"),
+    )
+
+
+def load_curves(results: str | Path, profile: str, cell: tuple[str, str] = CURVE_CELL) -> list[Curve]:
+    """The curves of `cell` at `profile`, one per seed (runs without a per-epoch history are skipped)."""
+    folder = Path(results) / profile
+    files = sorted(cells_dir(Path(results), profile).glob(f"{cell[0]}--{cell[1]}-seed*.json"))
+    return [c for c in (_curve(profile, folder, f) for f in files) if c is not None]
+
+
+def curves_beside(results: str | Path, profile: str, cell: tuple[str, str] = CURVE_CELL) -> dict[str, list[Curve]]:
+    """This profile's curves first, then those of every other profile in `results` on the same data set."""
+    own = load_curves(results, profile, cell)
+    if not own:
+        return {}
+    datasets = {c.dataset for c in own}
+    out = {profile: own}
+    for other in sorted(p.name for p in Path(results).iterdir() if p.is_dir() and p.name != profile):
+        curves = [c for c in load_curves(results, other, cell) if c.dataset in datasets]
+        if curves:
+            out[other] = curves
+    return out
