@@ -243,3 +243,16 @@ def test_images_are_classified_as_their_labels(tmp_path: Path) -> None:
     with torch.no_grad():
         accuracy = (teacher(out.images).argmax(1) == out.labels).float().mean().item()
     assert accuracy >= 0.6  # chance is 0.1
+
+
+def test_sets_of_older_code_are_never_reused(tmp_path) -> None:
+    """A set made before the LOR fix has the same settings (same cache key) but other images: its folder has no
+    version, so a new run makes its own set instead of reusing it."""
+    from intraq.synthesis.intraq import SET_VERSION
+
+    first = generate(_ctx(_cfg(), _teacher(), tmp_path))
+    (folder,) = [p for p in tmp_path.rglob(f"intraq-{SET_VERSION}-*") if p.is_dir()]
+    folder.rename(folder.with_name(folder.name.replace(f"-{SET_VERSION}-", "-")))
+    again = generate(_ctx(_cfg(), _teacher(), tmp_path))
+    assert again.meta["reused_batches"] == 0 and first.meta["reused_batches"] == 0
+    assert generate(_ctx(_cfg(), _teacher(), tmp_path)).meta["reused_batches"] == again.meta["num_batches"]
