@@ -93,6 +93,9 @@ class SynthConfig:
     adi_temperature: float = 3.0
     # quantized: W/A-bit student before fine-tuning | teacher-copy: fixed FP copy
     adi_student: Literal["quantized", "teacher-copy"] = "quantized"
+    # DeepInversion's output per batch: best: the lowest-loss iterate | after-step: one Adam step past it (the
+    # ImageNet script from NVlabs/DeepInversion@cb22f73) | last: the final iterate (the CIFAR script)
+    di_snapshot: Literal["best", "after-step", "last"] = "best"
 
 
 @dataclass
@@ -182,7 +185,7 @@ LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher
 # earlier case keeps its name; set to anything else, they name a different case.
 LATER_FIELDS: dict[str, Any] = {
     "data.loader": None, "data.num_classes": None, "data.channels": None, "data.resize": None, "data.mean": None,
-    "data.std": None, "squant.protocol": "squant", "teacher.allow_other_data": False,
+    "data.std": None, "squant.protocol": "squant", "teacher.allow_other_data": False, "synth.di_snapshot": "best",
 }
 
 

@@ -156,10 +156,12 @@ IMAGENET_MARGINS = {
 
 @PROFILES.register("imagenet-official-script")
 def imagenet_official_script() -> RunConfig:
-    """`imagenet` with the official ImageNet script's targetPro 1, m_low 0, m_up 2: SIL and MDC inert (T1)."""
+    """`imagenet` as the official scripts run it: IntraQ's targetPro 1, m_low 0, m_up 2 (SIL and MDC inert, T1);
+    DeepInversion's images copied one step past the lowest loss, as its ImageNet script does."""
     cfg = imagenet()
     cfg.profile = "imagenet-official-script"
     cfg.synth.variant = "official-script"
+    cfg.synth.di_snapshot = "after-step"  # DeepInversion's ImageNet script (NVlabs/DeepInversion@cb22f73)
     return cfg
 
 
@@ -174,6 +176,12 @@ CODE_CHOICES: dict[str, tuple[object, str]] = {
         "official",
         "correct: the activation ranges' EMA with a proper bias correction, where the official code's blows up "
         "about 4,000x around step 21 and settles after ~200 steps (T11); quant.act_ema=official runs the code's",
+    ),
+    "synth.di_snapshot": (
+        "after-step",
+        "best: DeepInversion's rows keep the lowest-loss iterate, which both DeepInversion scripts intend; its "
+        "ImageNet script copies the images one step past it (synth.di_snapshot=after-step) and its CIFAR script "
+        "returns the final iterate (synth.di_snapshot=last)",
     ),
 }
 

@@ -77,13 +77,19 @@ def test_cifar10_cpu_lists_exactly_what_it_changes():
 
 def test_imagenet_lists_its_margins_against_the_official_script():
     """T1: the official ImageNet script's margins switch MDC and SIL off; `imagenet` turns them on and says so."""
-    from intraq.profiles import profile_deviations
+    from intraq.profiles import CODE_CHOICES, code_deviations, profile_deviations
     from intraq.synthesis.settings import effective_synth_settings
 
     official, ours = get_profile("imagenet-official-script"), get_profile("imagenet")
     flat_official, flat_ours = _flat(official), _flat(ours)
     changed = {k for k in flat_official if flat_official[k] != flat_ours[k]}
-    assert changed == set(profile_deviations("imagenet")) == {"synth.variant"}
+    # the official script's DeepInversion snapshot is one of the code choices every report lists, not a margin
+    assert changed - set(CODE_CHOICES) == set(profile_deviations("imagenet")) == {"synth.variant"}
+    assert "synth.di_snapshot" in code_deviations(ours) and "synth.di_snapshot" not in code_deviations(official)
+    from intraq.synthesis.deepinversion import effective_config
+
+    assert effective_config(official, "imagenet", 224).snapshot == "after-step"
+    assert effective_config(ours, "imagenet", 224).snapshot == "best"
     script = effective_synth_settings(official, "imagenet")
     assert (script.target_pro, script.margin_low, script.margin_up) == (1.0, 0.0, 2.0)
     assert script.mdc_inert and script.sil_inert
@@ -98,4 +104,7 @@ def test_every_profile_names_where_it_differs_from_the_official_code():
 
     for name in PROFILES.names():
         assert "T11" in code_deviations(get_profile(name))["quant.act_ema"]
-    assert code_deviations(apply_overrides(get_profile("cifar10"), ["quant.act_ema=official"])) == {}
+        if name != "imagenet-official-script":  # which runs DeepInversion's ImageNet script's snapshot
+            assert "lowest-loss iterate" in code_deviations(get_profile(name))["synth.di_snapshot"]
+    official = ["quant.act_ema=official", "synth.di_snapshot=after-step"]
+    assert code_deviations(apply_overrides(get_profile("cifar10"), official)) == {}

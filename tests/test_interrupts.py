@@ -19,6 +19,7 @@ def test_signal_inside_the_block_arrives_when_it_ends(signum):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, as_interrupt)
+    before_int = signal.getsignal(signal.SIGINT)
     steps = []
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -26,10 +27,23 @@ def test_signal_inside_the_block_arrives_when_it_ends(signum):
                 os.kill(os.getpid(), signum)
                 steps.append("finished the block")
             steps.append("after the block")
+        assert signal.getsignal(signal.SIGTERM) is as_interrupt  # put back
+        assert signal.getsignal(signal.SIGINT) is before_int
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert steps == ["finished the block"]
-    assert signal.getsignal(signal.SIGTERM) is previous  # restored
+
+
+def test_a_second_signal_is_delivered_at_once():
+    """Ctrl-C twice: the second stops even a block that hangs (a save on a stalled file system)."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("held the first")
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("never reached")
+    assert steps == ["held the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_no_signal_no_effect():

@@ -140,10 +140,10 @@ def preset_for(dataset_name: str) -> DeepInversionConfig:
 def effective_config(cfg: RunConfig, dataset_name: str, image_size: int) -> DeepInversionConfig:
     """The data set's preset, jitter scaled to the image size, with num_images, batch_size and iterations
     taken from `cfg.synth` (always: that is how profiles shrink a run; set them to 2000 iterations etc. for the
-    official scale). Every other value is the preset's."""
+    official scale) and the snapshot from `synth.di_snapshot`. Every other value is the preset's."""
     base = preset_for(dataset_name).for_image_size(image_size)
-    overrides = {name: int(getattr(cfg.synth, name)) for name in RUN_CONFIG_FIELDS}
-    di = dataclasses.replace(base, **overrides)
+    overrides: dict[str, Any] = {name: int(getattr(cfg.synth, name)) for name in RUN_CONFIG_FIELDS}
+    di = dataclasses.replace(base, **overrides, snapshot=cfg.synth.di_snapshot)
     di.validate()
     return di
 

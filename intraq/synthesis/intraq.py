@@ -41,16 +41,16 @@ from intraq.synthesis.settings import (  # noqa: F401  (importable from here as 
 )
 from intraq.teacher.features import tap_features
 
-
-# Part of every set's folder name: raised when the algorithm changes the images while the settings (and so the
-# cache key) stay the same, so that a set made by older code is never reused. v2: LOR's crops clamped to their
-# box (commit 24cb9ed); folders without a version hold sets made before it.
+# Part of the folder name of every set that uses LOR: raised when the algorithm changes the images while the
+# settings (and so the cache key) stay the same, so that a set made by older code is never reused. v2: LOR's
+# crops clamped to their box (commit 24cb9ed); folders without a version hold sets made before it (or without
+# LOR, whose images the fix did not change).
 SET_VERSION = "v2"
 
 
-def set_folder(work_dir: Path, method: str, key: str) -> Path:
-    """`<work_dir>/<method>-<SET_VERSION>-<key>`: the batches of one synthetic set."""
-    return Path(work_dir) / f"{method}-{SET_VERSION}-{key}"
+def set_folder(work_dir: Path, method: str, key: str, lor: str) -> Path:
+    """`<work_dir>/<method>-<SET_VERSION>-<key>` (`<method>-<key>` without LOR): one synthetic set's batches."""
+    return Path(work_dir) / (f"{method}-{key}" if lor == "none" else f"{method}-{SET_VERSION}-{key}")
 
 
 def cache_key(ctx: SynthContext, method: str, settings: SynthSettings) -> str:
@@ -205,7 +205,7 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
         if shared:
             raise ValueError("the ADI student shares modules with the teacher; pass a separate copy")
     key = cache_key(ctx, method, settings)
-    folder = set_folder(ctx.work_dir, method, key)
+    folder = set_folder(ctx.work_dir, method, key, settings.lor)
     centers = ClassCenters(ctx.data.num_classes) if settings.mdc else None
     if ctx.channels_last:  # weights in NHWC too, so oneDNN/cuDNN pick their channels-last kernels
         ctx.teacher.to(memory_format=torch.channels_last)
