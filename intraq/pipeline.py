@@ -116,8 +116,10 @@ def run_case_record(
     if stored is not None and not force:
         if _stored_result_is_current(stored, cfg, paths):
             return stored
+        made_with = stored.teacher.get("sha256")
         raise UserInputError(
-            f"{out} holds a result made with teacher sha256 {str(stored.teacher.get('sha256'))[:12]}, but the "
+            f"{out} holds a result made with teacher "
+            f"{'sha256 ' + str(made_with)[:12] if made_with else '(no sha256 recorded)'}, but the "
             "teacher checkpoint there now differs: give this study its own profile name (profile = ... in a "
             "--config file) or its own --results folder so the two never mix, or, to replace it, delete that file "
             "(or pass --force to `intraq run`)"

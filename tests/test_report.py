@@ -352,7 +352,7 @@ def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report
     results = tmp_path / "results"
     shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "smoke", results / "smoke")
     md = _header(results, "smoke")
-    assert "Settings beyond the profile's" in md and "none: every run used its profile's settings" in md
+    assert "Settings beyond the profile's" in md and "none: every checked run used its profile's settings" in md
     cells = results / "smoke" / "cells"
     for name in ("lor--L-seed0.json", "comparison--squant-seed0.json"):
         blob = json.loads((cells / name).read_text())
@@ -362,7 +362,7 @@ def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report
     assert settings_beyond_cell(json.loads((cells / "lor--L-seed0.json").read_text())) == ("finetune.epochs=2",)
     md = _header(results, "smoke")
     assert re.search(r"Settings beyond the profile's .*: `finetune\.epochs=2` \(1 of \d+ runs\)", md)
-    assert "could not be checked" in to_markdown(report)  # the fixture's profile is registered nowhere
+    assert "unknown: no run could be checked" in to_markdown(report)  # the fixture's profile is registered nowhere
 
 
 def test_learning_curve_of_the_shared_cell_beside_other_profiles(tmp_path: Path) -> None:
@@ -386,7 +386,12 @@ def test_learning_curve_of_the_shared_cell_beside_other_profiles(tmp_path: Path)
     for path in (results / "other-data").glob("*.json"):
         blob = json.loads(path.read_text())
         blob["config"]["data"]["name"] = "something-else"
+        blob["data_identity"] = "something-else-0123456789abcdef"
         path.write_text(json.dumps(blob))
+    shutil.copytree(results / "smoke", results / "broken")
+    (results / "broken" / "cells" / "main_cifar10--w4a4-seed0.json").write_text("{not json")
+    for path in (results / "broken").glob("*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "history": [{"acc": 1.0}]}))  # no epoch
     assert list(curves_beside(results, "smoke")) == ["smoke", "smoke-twin"]
     blocks = curve_blocks(load_results(results, "smoke"))
     assert any(getattr(b, "name", "") == "learning-curve.png" and b.png.startswith(b"\x89PNG") for b in blocks)

@@ -198,7 +198,18 @@ def test_torchvision_by_name_adapts_to_grey_data_and_taps_penultimate_features()
     ("torchvision:efficientnet_b0", "uses SiLU"),
     ("torchvision:densenet121", "applies relu as a function"),
     ("torchvision:resnet_nothing", "no classification model 'resnet_nothing'"),
+    ("torchvision:squeezenet1_0", "no module gives its penultimate features"),
 ])
 def test_torchvision_architectures_the_quantizer_cannot_cover_are_refused(name, reason):
     with pytest.raises(UserInputError, match=reason):
         build_model(name, 10)
+
+
+def test_torchvision_weights_for_other_class_counts_are_refused_before_any_download(tmp_path):
+    from intraq.teacher.load import recipe_checkpoint_path
+    from intraq.teacher.torchvision_models import pretrained_state_dict
+
+    with pytest.raises(UserInputError, match=r"1000 classes, the data has 10"):
+        pretrained_state_dict("torchvision:resnet18", 10)
+    path = recipe_checkpoint_path(TeacherConfig(name="torchvision:resnet50"), "mine", tmp_path)
+    assert ":" not in path.name and path.name.startswith("torchvision-resnet50-mine-")

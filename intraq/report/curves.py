@@ -27,7 +27,14 @@ class Curve:
     calibration_epochs: int
     best_epoch: int | None
     dataset: str | None
+    data_identity: str | None
     machine: str
+
+    def same_data(self, other: Curve) -> bool:
+        """Same data set: by content identity where both records have one, else by name."""
+        if self.data_identity and other.data_identity:
+            return self.data_identity == other.data_identity
+        return self.dataset == other.dataset
 
     @property
     def best(self) -> float | None:
@@ -37,6 +44,15 @@ class Curve:
 
 
 def _curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
+    """The curve of one cell file's record, or None (no history, or a record this code cannot read: a report
+    never fails for another profile's odd file)."""
+    try:
+        return _read_curve(profile, folder, cell_file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _read_curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
     cell = json.loads(cell_file.read_text())
     record_path = folder / cell.get("result_file", "")
     if not record_path.is_file():
@@ -52,6 +68,7 @@ def _curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
         calibration_epochs=sum(1 for h in record["history"] if h.get("phase") == "calibration"),
         best_epoch=(record.get("accuracy") or {}).get("best_epoch_index"),
         dataset=((record.get("config") or {}).get("data") or {}).get("name"),
+        data_identity=record.get("data_identity"),
         machine=str(machine.get("gpu") or machine.get("cpu_model") or machine.get("processor") or "?"),
     )
 
@@ -60,7 +77,7 @@ def load_curves(results: str | Path, profile: str, cell: tuple[str, str] = CURVE
     """The curves of `cell` at `profile`, one per seed (runs without a per-epoch history are skipped)."""
     folder = Path(results) / profile
     files = sorted(cells_dir(Path(results), profile).glob(f"{cell[0]}--{cell[1]}-seed*.json"))
-    return [c for c in (_curve(profile, folder, f) for f in files) if c is not None]
+    return sorted((c for c in (_curve(profile, folder, f) for f in files) if c is not None), key=lambda c: c.seed)
 
 
 def curves_beside(results: str | Path, profile: str, cell: tuple[str, str] = CURVE_CELL) -> dict[str, list[Curve]]:
@@ -68,10 +85,9 @@ def curves_beside(results: str | Path, profile: str, cell: tuple[str, str] = CUR
     own = load_curves(results, profile, cell)
     if not own:
         return {}
-    datasets = {c.dataset for c in own}
     out = {profile: own}
     for other in sorted(p.name for p in Path(results).iterdir() if p.is_dir() and p.name != profile):
-        curves = [c for c in load_curves(results, other, cell) if c.dataset in datasets]
+        curves = [c for c in load_curves(results, other, cell) if any(c.same_data(o) for o in own)]
         if curves:
             out[other] = curves
     return out

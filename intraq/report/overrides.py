@@ -62,10 +62,12 @@ def describe_settings(per_run: Iterable[tuple[str, ...] | None]) -> str:
     per_run = list(per_run)
     counts = Counter(s for settings in per_run if settings for s in settings)
     unknown = sum(1 for settings in per_run if settings is None)
+    if unknown == len(per_run):
+        return "unknown: no run could be checked (profile or cell unknown here, or no stored config)"
     if counts:
         text = "; ".join(f"`{s}` ({n} of {len(per_run)} runs)" for s, n in sorted(counts.items()))
     else:
-        text = "none: every run used its profile's settings for its cell"
+        text = "none: every checked run used its profile's settings for its cell"
     if unknown:
         text += f"; {unknown} runs could not be checked (profile or cell unknown here, or no stored config)"
     return text

@@ -34,7 +34,8 @@ def recipe_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) 
     """The artifacts file of a teacher trained with `cfg`'s recipe: named by architecture, data set and recipe
     hash. `teacher.auto_train` trains here, and so does `intraq teacher train` unless given --out."""
     recipe = {k: v for k, v in vars(cfg).items() if k.startswith("train_")} | {"name": cfg.name, "data": data_name}
-    return artifacts / "teachers" / f"{cfg.name}-{data_name}-{config_hash(recipe)}.pt"
+    arch = cfg.name.replace(":", "-")  # torchvision:resnet50 -> torchvision-resnet50 (no ':' in file names)
+    return artifacts / "teachers" / f"{arch}-{data_name}-{config_hash(recipe)}.pt"
 
 
 def local_checkpoint_path(cfg: TeacherConfig, data_name: str, artifacts: Path) -> Path:
@@ -60,7 +61,7 @@ def _pretrained_torchvision(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Mo
     from intraq.teacher.torchvision_models import is_torchvision_name, pretrained_state_dict
 
     if is_torchvision_name(cfg.name):  # torchvision's default ImageNet weights; a failed download raises
-        state, weights_name = pretrained_state_dict(cfg.name)
+        state, weights_name = pretrained_state_dict(cfg.name, num_classes)
         model.load_state_dict(state)
         return model, {"weights": weights_name}
     if cfg.name != "resnet18":

@@ -5,6 +5,9 @@ teacher must call each such module at one site and apply no activation as a func
 reuse one ReLU per block (three times in a Bottleneck): the model is traced with `torch.fx` and every further
 call site gets its own copy of the module. Architectures whose activations the quantizer would leave in full
 precision (SiLU, GELU, Hardswish, a functional ReLU, ...) are refused with the reason, never run silently.
+The model is traced in eval mode, so a branch on `self.training` keeps its eval path (the ReLU architectures
+torchvision offers have none that changes the computation; GoogLeNet and Inception, whose auxiliary heads do,
+apply ReLU as a function and are refused).
 """
 
 from __future__ import annotations
@@ -92,24 +95,22 @@ def _one_module_per_call_site(traced: fx.GraphModule) -> int:
 
 
 def _feature_module(arch: str, traced: fx.GraphModule) -> str:
-    """The module whose output feeds the last Linear (through flatten/reshape): the penultimate features;
-    without a Linear head, the last AdaptiveAvgPool2d."""
-    nodes = list(traced.graph.nodes)
-    heads = [n for n in nodes if n.op == "call_module" and isinstance(traced.get_submodule(n.target), nn.Linear)]
-    if heads:
-        source = heads[-1].args[0]
-        while isinstance(source, fx.Node) and source.op in ("call_function", "call_method") and _function_name(
-            source.target
-        ) in ("flatten", "reshape", "view"):
-            source = source.args[0]
-        if isinstance(source, fx.Node) and source.op == "call_module":
-            return str(source.target)
-    pools = [n.target for n in nodes if n.op == "call_module"
-             and isinstance(traced.get_submodule(n.target), nn.AdaptiveAvgPool2d)]
-    if not pools:
-        raise UserInputError(f"teacher torchvision:{arch} has no module whose output is its penultimate features "
-                             "(a global pool or the input of a Linear head; MDC and the feature figures tap it)")
-    return str(pools[-1])
+    """The module whose output feeds the Linear head (through flatten/reshape): the penultimate features. A
+    Dropout there is the identity in eval mode, where the teacher always runs. Without a Linear head (SqueezeNet's
+    head is a convolution whose pool gives the logits) there are no penultimate features to tap: refused."""
+    heads = [n for n in traced.graph.nodes if n.op == "call_module"
+             and isinstance(traced.get_submodule(n.target), nn.Linear)]
+    source = heads[-1].args[0] if heads else None
+    while isinstance(source, fx.Node) and source.op in ("call_function", "call_method") and _function_name(
+        source.target
+    ) in ("flatten", "reshape", "view"):
+        source = source.args[0]
+    if not (isinstance(source, fx.Node) and source.op == "call_module"):
+        raise UserInputError(
+            f"teacher torchvision:{arch}: no module gives its penultimate features (the input of a Linear head), "
+            "which MDC and the feature figures tap"
+        )
+    return str(source.target)
 
 
 class TracedTeacher(fx.GraphModule):
@@ -149,9 +150,16 @@ def build_torchvision(name: str, num_classes: int, in_channels: int = 3) -> nn.M
     return TracedTeacher(traced, traced.graph, _feature_module(arch, traced), type(model).__name__)
 
 
-def pretrained_state_dict(name: str) -> tuple[dict[str, torch.Tensor], str]:
-    """torchvision's default ImageNet weights for `name` (downloads; a failed download raises)."""
+def pretrained_state_dict(name: str, num_classes: int) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's default weights for `name` (downloads; a failed download raises), after checking that their
+    class count is the data's."""
     from torchvision import models
 
     weights = models.get_model_weights(name.removeprefix(PREFIX)).DEFAULT
+    classes = len(weights.meta["categories"])
+    if classes != num_classes:
+        raise UserInputError(
+            f"torchvision's {weights} weights have {classes} classes, the data has {num_classes}: use them on "
+            "ImageNet, or give a checkpoint trained on your data (teacher.source=local, teacher.checkpoint=FILE)"
+        )
     return weights.get_state_dict(progress=True), str(weights)
