@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -50,10 +50,9 @@ def deferred_interrupts() -> Iterator[None]:
         else:
             deliver(previous.get(signum, signal.SIG_DFL), signum, frame)
 
-    handler: Callable[[int, FrameType | None], None] = note
     try:
         for signum in HELD_SIGNALS:
-            previous[signum] = signal.signal(signum, handler)
+            previous[signum] = signal.signal(signum, note)
         yield
     finally:
         holding[0] = False

@@ -358,8 +358,12 @@ def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report
         blob = json.loads((cells / name).read_text())
         blob["config"]["finetune"]["epochs"] = 2
         (cells / name).write_text(json.dumps(blob))
-    assert settings_beyond_cell(json.loads((cells / "comparison--squant-seed0.json").read_text())) == ()
-    assert settings_beyond_cell(json.loads((cells / "lor--L-seed0.json").read_text())) == ("finetune.epochs=2",)
+    squant, lor_l = (next(c for c in get_table(t).cells if c.key == k)
+                     for t, k in (("comparison", "squant"), ("lor", "L")))
+    assert settings_beyond_cell(json.loads((cells / "comparison--squant-seed0.json").read_text()), squant) == ()
+    assert settings_beyond_cell(json.loads((cells / "lor--L-seed0.json").read_text()), lor_l) == (
+        "finetune.epochs=2",
+    )
     md = _header(results, "smoke")
     assert re.search(r"Settings beyond the profile's .*: `finetune\.epochs=2` \(1 of \d+ runs\)", md)
     assert "unknown: no run could be checked" in to_markdown(report)  # the fixture's profile is registered nowhere

@@ -7,18 +7,21 @@ folder that ran the same cell on the same data set (each in its own setting: epo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from intraq.claims import machine_class
+from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir
+from intraq.results import read_cell_record, read_result
 
 CURVE_CELL = ("main_cifar10", "w4a4")  # the IntraQ W4A4 cell that five tables share
 
 
 @dataclass(frozen=True)
 class Curve:
-    """One run's evaluated epochs (stage-2 epoch index, calibration epochs first) and their test top-1."""
+    """One run's evaluated epochs (stage-2 epoch index, calibration epochs first) and their test top-1, with the
+    run's machine class (as the report's comparisons name it)."""
 
     profile: str
     seed: int
@@ -48,28 +51,25 @@ def _curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
     never fails for another profile's odd file)."""
     try:
         return _read_curve(profile, folder, cell_file)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (UserInputError, KeyError, ValueError, TypeError, AttributeError):
         return None
 
 
 def _read_curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
-    cell = json.loads(cell_file.read_text())
-    record_path = folder / cell.get("result_file", "")
+    record_path = folder / read_cell_record(cell_file).get("result_file", "")
     if not record_path.is_file():
         return None
-    record = json.loads(record_path.read_text())
-    points = [(int(h["epoch"]), float(h["acc"])) for h in record.get("history") or [] if h.get("acc") is not None]
+    record = read_result(record_path)
+    history = record.history or []
+    points = [(int(h["epoch"]), float(h["acc"])) for h in history if h.get("acc") is not None]
     if not points:
         return None
-    machine = record.get("machine") or {}
     return Curve(
-        profile=profile, seed=int(record["seed"]), epochs=tuple(e for e, _ in points),
-        accuracy=tuple(a for _, a in points),
-        calibration_epochs=sum(1 for h in record["history"] if h.get("phase") == "calibration"),
-        best_epoch=(record.get("accuracy") or {}).get("best_epoch_index"),
-        dataset=((record.get("config") or {}).get("data") or {}).get("name"),
-        data_identity=record.get("data_identity"),
-        machine=str(machine.get("gpu") or machine.get("cpu_model") or machine.get("processor") or "?"),
+        profile=profile, seed=record.seed, epochs=tuple(e for e, _ in points), accuracy=tuple(a for _, a in points),
+        calibration_epochs=sum(1 for h in history if h.get("phase") == "calibration"),
+        best_epoch=record.accuracy.get("best_epoch_index"),
+        dataset=(record.config.get("data") or {}).get("name"), data_identity=record.data_identity,
+        machine=machine_class(record.machine),
     )
 
 

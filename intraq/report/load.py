@@ -16,7 +16,7 @@ from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir, figures_dir
 from intraq.report.overrides import settings_beyond_cell
 from intraq.results import read_cell_record
-from intraq.tables import METRICS, all_tables
+from intraq.tables import METRICS, Cell, all_tables
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _machine_text(machine: dict[str, Any] | None) -> str:
     return ", ".join(str(p) for p in parts)
 
 
-def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+def _row(blob: dict[str, Any], path: Path, cell: Cell | None) -> dict[str, Any]:
     acc = blob.get("accuracy", {})
     paper = blob.get("paper", {})
     return {
@@ -86,7 +86,7 @@ def _row(blob: dict[str, Any], path: Path) -> dict[str, Any]:
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),
         "dataset": (blob.get("config") or {}).get("data", {}).get("name"), "file": path.name,
         "data_identity": blob.get("data_identity"),
-        "settings_beyond_cell": settings_beyond_cell(blob),
+        "settings_beyond_cell": settings_beyond_cell(blob, cell),
     }
 
 
@@ -109,9 +109,10 @@ def load_results(results: str | Path, profile: str) -> BenchResults:
         raise UserInputError(
             f"no bench results under {folder}; run `pytest bench --profile {profile}` (or `tox -e paper`) first"
         )
-    rows = pd.DataFrame([_row(read_cell_record(p), p) for p in files])
-    known = {(t.key, c.key) for t in all_tables() for c in t.cells}
-    rows = rows[[(t, c) in known for t, c in zip(rows["table"], rows["cell"], strict=True)]].reset_index(drop=True)
+    cells = {(t.key, c.key): c for t in all_tables() for c in t.cells}
+    blobs = [(read_cell_record(p), p) for p in files]
+    rows = pd.DataFrame([_row(blob, p, cells.get((blob["table"], blob["cell"]))) for blob, p in blobs])
+    rows = rows[[(t, c) in cells for t, c in zip(rows["table"], rows["cell"], strict=True)]].reset_index(drop=True)
     figures: dict[str, FigureData] = {}
     fig_folder = figures_dir(results, profile)
     if fig_folder.exists():

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intraq.config import LOCATION_FIELDS
+
+if TYPE_CHECKING:
+    from intraq.tables import Cell
 
 IGNORED = {*LOCATION_FIELDS, "seed", "profile"}
 
@@ -32,8 +35,8 @@ def _setting(key: str, value: Any) -> str:
     return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-def settings_beyond_cell(blob: dict[str, Any]) -> tuple[str, ...] | None:
-    """`field=value` for each setting of a cell file's record that differs from its cell's config at its profile
+def settings_beyond_cell(blob: dict[str, Any], cell: Cell | None) -> tuple[str, ...] | None:
+    """`field=value` for each setting of a cell file's record that differs from its `cell`'s config at its profile
     today, over the sections that decide the method's numbers (those its case hash covers); None when that
     cannot be known (a profile not registered here, an unknown cell, no stored config).
 
@@ -41,14 +44,10 @@ def settings_beyond_cell(blob: dict[str, Any]) -> tuple[str, ...] | None:
     has is not a setting of today's code: neither is listed."""
     from intraq.pipeline import relevant_config
     from intraq.profiles import PROFILES
-    from intraq.tables import all_tables, cell_config
+    from intraq.tables import cell_config
 
     config, profile = blob.get("config"), blob.get("profile")
-    if not isinstance(config, dict) or profile not in PROFILES:
-        return None
-    cells = {(t.key, c.key): c for t in all_tables() for c in t.cells}
-    cell = cells.get((blob.get("table"), blob.get("cell")))
-    if cell is None:
+    if not isinstance(config, dict) or profile not in PROFILES or cell is None:
         return None
     expected = flatten(relevant_config(cell_config(cell, profile, int(blob.get("seed", 0)))))
     used = flatten(config)
