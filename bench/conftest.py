@@ -29,6 +29,7 @@ import torch
 from intraq.campaign import CaseSettings, PlannedCase, check_results_version, plan_cases
 from intraq.campaign.estimate import parse_duration
 from intraq.campaign.plan import DONE, claim_verdicts, needed_cells
+from intraq.cli import FAST_HELP
 from intraq.config_file import resolve_profile
 from intraq.errors import UserInputError
 from intraq.results import default_results_dir
@@ -55,11 +56,12 @@ class BenchOptions:
     extra: tuple[str, ...]  # overrides applied before the cell's (data.root, --set ...)
     deadline: float | None = None  # wall-clock time (time.time()) after which no case starts
     default_seconds: float | None = None
+    fast: str | None = None  # capture mode of the fast path, or None for the reference path
 
     @property
     def settings(self) -> CaseSettings:
         return CaseSettings(self.profile, self.results, self.artifacts, self.extra, self.device, self.threads,
-                            self.compile, self.default_seconds)
+                            self.compile, self.default_seconds, self.fast)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -79,6 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "faster on one thread than on two)")
     group.addoption("--compile", action="store_true",
                     help="torch.compile the image-generation loss (same numbers; faster for long runs)")
+    group.addoption("--fast", nargs="?", const="auto", default=None, metavar="CAPTURE", help=FAST_HELP)
     group.addoption("--set", dest="bench_overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a config field for every case (changes the case hashes)")
     group.addoption("--deadline", default=None, metavar="DURATION",
@@ -99,7 +102,7 @@ def _options(config: pytest.Config) -> BenchOptions:
         artifacts=Path(artifacts) if artifacts else None,
         device=config.getoption("device"), threads=config.getoption("threads"),
         compile=config.getoption("compile"), extra=tuple(extra), deadline=plan.get("deadline"),
-        default_seconds=config.getoption("default_case_seconds"),
+        default_seconds=config.getoption("default_case_seconds"), fast=config.getoption("fast"),
     )
 
 

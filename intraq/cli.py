@@ -41,6 +41,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the image-generation loss (faster for long runs; ~30 s to compile)")
 
 
+FAST_HELP = ("run the stages that have a fast path on it (intraq.fast: the same draws and algorithm, no host sync "
+             "per step; IntraQ's image generation and KD fine-tuning); CAPTURE: auto (CUDA graphs on a GPU, eager on "
+             "the CPU), none, compile or cudagraph. Same case, same result up to float rounding; the record says "
+             "which path ran")
+
+
+def _fast_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fast", nargs="?", const="auto", default=None, metavar="CAPTURE", help=FAST_HELP)
+
+
 def build_config(args: argparse.Namespace, method: str | None = None) -> RunConfig:
     if args.config and args.profile:
         raise UserInputError("give --profile or --config, not both (a study file names its own profile)")
@@ -131,15 +141,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from intraq.data import build_data
+    from intraq.fast.settings import fast_settings_for
     from intraq.image_sets import get_image_set
     from intraq.pipeline import RunPaths
     from intraq.teacher.load import get_teacher
 
+    fast = fast_settings_for(device, args.fast)
+    if fast is not None and fast.numeric is not None:
+        fast.numeric.apply()
     paths = RunPaths.default(args.artifacts)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=not args.quiet)
     image_set, seconds = get_image_set(
-        cfg, teacher, data, device, paths, progress=not args.quiet, compile=args.compile
+        cfg, teacher, data, device, paths, progress=not args.quiet, compile=args.compile, fast=fast
     )
     with torch.no_grad():
         predicted = torch.cat([teacher.model(image_set.images[i : i + 256].to(device)).argmax(1).cpu()
@@ -183,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{holder.get('pid')}, since {holder.get('started')}); waiting for it", flush=True)
     with case_lock(results, cfg.profile, case_hash(cfg), cfg.seed):
         stored = read_result(stored_file) if stored_file.exists() and not args.force else None
-        record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile)
+        record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile,
+                                 fast=args.fast)
     reused = stored is not None and (stored.started, stored.finished, stored.seconds) == (
         record.started, record.finished, record.seconds)
     if reused:
@@ -274,7 +289,7 @@ def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.
     results = Path(args.results) if args.results else default_results_dir(args.publish)
     return CaseSettings(args.profile, results, Path(args.artifacts) if args.artifacts else None,
                         tuple(extra), getattr(args, "device", "auto"), getattr(args, "threads", 1),
-                        getattr(args, "compile", False), args.default_case_seconds)
+                        getattr(args, "compile", False), args.default_case_seconds, getattr(args, "fast", None))
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
@@ -354,6 +369,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate (or reuse) an image set")
     _common(p)
     p.add_argument("--method", default="intraq", help=f"one of: {', '.join(_image_set_methods())} (default intraq)")
+    _fast_option(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="quantize, fine-tune and evaluate one case")
@@ -361,6 +377,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="intraq",
                    help=f"one of: {', '.join(METHODS.names())} (default intraq; `intraq methods` describes them)")
     _results_options(p, "write")
+    _fast_option(p)
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     p.set_defaults(func=cmd_run)
@@ -400,6 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="slurm: return after submitting")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per case (default 1)")
+    _fast_option(p)
     p.set_defaults(func=cmd_campaign)
 
     p = sub.add_parser("status", help="claims x cells x seeds of a profile: done, running, pending, failed")

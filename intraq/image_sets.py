@@ -23,6 +23,7 @@ from intraq.synthesis.base import SynthContext, SyntheticSet
 from intraq.teacher.load import Teacher
 
 if TYPE_CHECKING:
+    from intraq.fast.settings import FastSettings
     from intraq.pipeline import RunPaths
 
 
@@ -83,11 +84,13 @@ def calibrated_student(cfg: RunConfig, teacher: nn.Module, data: DataSplits, dev
 def get_image_set(
     cfg: RunConfig, teacher: Teacher, data: DataSplits, device: torch.device, paths: RunPaths, progress: bool,
     compile: bool = False,
+    fast: FastSettings | None = None,
 ) -> tuple[SyntheticSet, float]:
     """The case's image set from its hash-named file, or made (and saved) now; returns it with its seconds.
 
     `compile` runs the generation loss under torch.compile (same numbers within float noise; ~1.4x faster on
-    this 2-core CPU for ResNet-20 after a ~30 s compile, so worth it for long runs only)."""
+    this 2-core CPU for ResNet-20 after a ~30 s compile, so worth it for long runs only); `fast` makes the missing
+    batches on the fast path where the method has one (same files, same draws)."""
     method = image_set_method(cfg.synth.method)
     set_name = f"{cfg.synth.method}-{synthetic_set_hash(cfg, teacher_identity(teacher.info))}.pt"
     path = paths.artifacts / "sets" / set_name
@@ -95,11 +98,18 @@ def get_image_set(
         image_set = SyntheticSet.load(path)
         return image_set, float(image_set.meta.get("wall_seconds", 0.0))
     tic = time.perf_counter()
+    if fast is not None and not method.fast_images:
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(f"fast path: method {method.name!r} has no fast image generation; its images are made on the "
+                   "reference path", file=sys.stderr)
     student = method.make_student(cfg, teacher, data, device)
     torch.manual_seed(cfg.seed)
     ctx = SynthContext(
         cfg=cfg, teacher=teacher.model, data=data, device=device, work_dir=paths.artifacts / "synthesis",
-        student=student, progress=progress, compile=compile,
+        student=student, progress=progress, compile=compile, fast=fast,
     )
     image_set = method.synthesize(ctx)
     # Methods that keep their own per-batch files (cache_dir) rebuild the set from them in seconds and report

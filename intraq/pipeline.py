@@ -26,6 +26,7 @@ from intraq.data import build_data
 from intraq.device import pick_device
 from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
+from intraq.fast.settings import fast_settings_for
 from intraq.image_sets import (  # noqa: F401  (importable from here as before)
     calibrated_student,
     get_image_set,
@@ -35,6 +36,7 @@ from intraq.image_sets import (  # noqa: F401  (importable from here as before)
 )
 from intraq.methods import MethodContext, get_method
 from intraq.methods.base import BASE_SECTIONS
+from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT
 from intraq.results import (
     ACCURACY_NOTES,
     RunRecord,
@@ -99,12 +101,20 @@ def run_case_record(
     progress: bool = True,
     force: bool = False,
     compile: bool = False,
+    fast: str | None = None,
 ) -> RunRecord:
     """Run one case (or return its stored record): data -> teacher -> method -> `RunRecord`, written to
-    `<results>/<profile>/<case>-seed<N>.json` with config, seed, commit, machine and times."""
+    `<results>/<profile>/<case>-seed<N>.json` with config, seed, commit, machine and times.
+
+    `fast` (a capture mode of `intraq.fast`, or "auto") runs the stages that have a fast path on it (same draws,
+    same algorithm, tested equal to the reference up to float rounding; the record says which path ran); the
+    case hash is the same either way."""
     method = get_method(cfg.synth.method)
     paths = paths or RunPaths.default()
     device = device or pick_device()
+    fast_settings = fast_settings_for(device, fast)  # a capture the device cannot run fails before any work
+    if fast_settings is not None and not method.fast_path:
+        print(f"fast path: method {method.name!r} has none; it runs on the reference path", file=sys.stderr)
     name = case_hash(cfg)
     out = result_path(paths.results, cfg.profile, name, cfg.seed)
     stored = read_result(out) if out.exists() else None
@@ -125,6 +135,8 @@ def run_case_record(
             "(or pass --force to `intraq run`)"
         )
     started, t0 = now_utc(), time.perf_counter()
+    if fast_settings is not None and fast_settings.numeric is not None:
+        fast_settings.numeric.apply()  # process-wide TF32/cuDNN flags, recorded with the fast path's records
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
 
@@ -140,7 +152,7 @@ def run_case_record(
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     outcome = method.run(MethodContext(
         cfg=cfg, data=data, teacher=teacher, device=device, paths=paths, run_dir=run_dir,
-        test_accuracy=test_accuracy, progress=progress, compile=compile,
+        test_accuracy=test_accuracy, progress=progress, compile=compile, fast=fast_settings,
     ))
     seconds.update(outcome.seconds)
     seconds["total"] = time.perf_counter() - t0
@@ -158,7 +170,8 @@ def run_case_record(
         history=outcome.history, extras=outcome.extras,
     )
     write_result(record, out)
-    remove_artifact(run_dir / "finetune.pt")
+    for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
+        remove_artifact(run_dir / checkpoint)
     return record
 
 
@@ -169,9 +182,10 @@ def run_case(
     progress: bool = True,
     force: bool = False,
     compile: bool = False,
+    fast: str | None = None,
 ) -> dict[str, Any]:
     """`run_case_record` as the record's JSON object (what bench cases and cell files read)."""
-    return run_case_record(cfg, paths, device, progress, force, compile).to_dict()
+    return run_case_record(cfg, paths, device, progress, force, compile, fast).to_dict()
 
 
 def with_seed(cfg: RunConfig, seed: int) -> RunConfig:

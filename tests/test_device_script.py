@@ -23,11 +23,13 @@ def test_device_script_dry_run_writes_its_records(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 0, summary + proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [line.split()[:2] for line in summary.splitlines()] == [["env", "ok"], ["equality", "ok"],
-                                                                   ["throughput", "ok"]]
+                                                                   ["throughput", "ok"], ["pipeline", "ok"]]
     env_record = json.loads((out / "env.json").read_text())
     assert "allow_tf32_cudnn" in env_record["numeric"]
     equality = json.loads((out / "equality.json").read_text())
     assert equality["verdicts"] == {"finetune-none": True, "stacked": True}
+    pipeline = json.loads((out / "pipeline.json").read_text())
+    assert pipeline["ok"] and pipeline["finetune_path"]["fast"]["capture"] == "none"
 
 
 def test_device_script_keeps_going_and_reports_a_failed_step(tmp_path):
@@ -37,7 +39,7 @@ def test_device_script_keeps_going_and_reports_a_failed_step(tmp_path):
     assert proc.returncode == 1
     lines = (tmp_path / "summary.txt").read_text().splitlines()
     assert [line.split()[:2] for line in lines] == [["env", "failed"], ["equality", "failed"],
-                                                    ["throughput", "failed"]]
+                                                    ["throughput", "failed"], ["pipeline", "failed"]]
 
 
 def test_device_script_needs_an_output_folder():

@@ -154,3 +154,53 @@ def test_cudagraph_capture_is_refused_on_the_cpu():
         FastSettings(capture="cudagraph").check_device(torch.device("cpu"))
     with pytest.raises(ValueError, match="capture"):
         FastSettings(capture="graphs")
+
+
+class StopAfter(Exception):
+    """Stands in for Ctrl-C / SIGTERM after a given epoch (raised once that epoch is checkpointed)."""
+
+
+def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_after):
+    def on_epoch(epoch):
+        if epoch == stop_after:
+            raise StopAfter
+
+    with pytest.raises(StopAfter):
+        finetune_fast(fast_runs(teacher, sets, seeds, cfg), copy.deepcopy(teacher), test_x, test_y,
+                      torch.device("cpu"), FastSettings(), progress=False, on_epoch=on_epoch,
+                      checkpoint_path=checkpoint)
+    assert checkpoint.exists()
+    runs = fast_runs(teacher, sets, seeds, cfg)  # a new process: fresh students and calibration sources
+    results = finetune_fast(runs, copy.deepcopy(teacher), test_x, test_y, torch.device("cpu"), FastSettings(),
+                            progress=False, checkpoint_path=checkpoint)
+    return results, runs
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 3], ids=["in-calibration", "after-calibration", "mid-fine-tuning"])
+@pytest.mark.parametrize("seeds", [[5], [5, 6]], ids=["one-run", "two-stacked"])
+def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_path, stop_after, seeds):
+    _, teacher, test_x, test_y = setting
+    cfg = FinetuneConfig(**{**CFG.__dict__, "epochs": 6, "calib_epochs": 2, "iters_per_epoch": 5,
+                            "lr_steps": (4,)})
+    sets = [make_set(seed) for seed in seeds]
+    whole_runs = fast_runs(teacher, sets, seeds, cfg)
+    whole = finetune_fast(whole_runs, copy.deepcopy(teacher), test_x, test_y, torch.device("cpu"), FastSettings(),
+                          progress=False)
+    resumed, runs = run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, tmp_path / "ft.pt", stop_after)
+    for one, other, run_a, run_b in zip(whole, resumed, whole_runs, runs, strict=True):
+        assert other.history == one.history  # losses and accuracies bit for bit
+        for (name, a), b in zip(run_a.student.state_dict().items(), run_b.student.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        assert [s["first_epoch"] for s in other.sittings] == [0, stop_after + 1]
+
+
+def test_a_fast_checkpoint_of_other_runs_is_refused(setting, tmp_path):
+    _, teacher, test_x, test_y = setting
+    cfg = FinetuneConfig(**{**CFG.__dict__, "epochs": 3, "iters_per_epoch": 2})
+    checkpoint = tmp_path / "ft.pt"
+    run_interrupted(teacher, [make_set(1)], [5], test_x, test_y, cfg, checkpoint, stop_after=1)
+    from intraq.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="seeds \\[6\\].*delete it"):
+        finetune_fast(fast_runs(teacher, [make_set(1)], [6], cfg), copy.deepcopy(teacher), test_x, test_y,
+                      torch.device("cpu"), progress=False, checkpoint_path=checkpoint)

@@ -117,3 +117,54 @@ def test_two_stacked_generation_runs_equal_the_runs_alone(setting):
             assert s["final_total"] == pytest.approx(a["final_total"], rel=1e-4)
             assert s["mdc_images"] == a["mdc_images"]
     assert not torch.equal(stacked[0][1], stacked[1][1])
+
+
+def fast_ctx(data, teacher, cfg, work_dir):
+    return SynthContext(cfg=cfg, teacher=copy.deepcopy(teacher), data=data, device=torch.device("cpu"),
+                        work_dir=work_dir, progress=False, fast=FastSettings())
+
+
+def test_the_pipeline_makes_fast_batches_in_the_reference_files_and_resumes_them(setting, tmp_path, monkeypatch):
+    """`generate` with `SynthContext.fast`: the same images as `generate_stacked` for that seed, written as the
+    reference's per-batch files (same folder), and a run stopped after a batch continues with the same set."""
+    from intraq.fast.synthesis import FastBatchMaker
+
+    data, teacher = setting
+    cfg = RunConfig(synth=SYNTH, seed=3)
+    ((images, labels, records),) = fast_sets(teacher, [3], cfg)
+
+    made = []
+    original = FastBatchMaker.__call__
+
+    def stop_at_batch_two(self, index, *args, **kwargs):
+        if index == 2:
+            raise KeyboardInterrupt
+        made.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(FastBatchMaker, "__call__", stop_at_batch_two)
+    with pytest.raises(KeyboardInterrupt):
+        generate(fast_ctx(data, teacher, cfg, tmp_path), "intraq")
+    monkeypatch.setattr(FastBatchMaker, "__call__", original)
+    resumed = generate(fast_ctx(data, teacher, cfg, tmp_path), "intraq")
+    assert made == [0, 1] and resumed.meta["reused_batches"] == 2
+    assert torch.equal(resumed.images, images) and torch.equal(resumed.labels, labels)
+    assert resumed.meta["batches_by_path"] == {"fast": 3, "reference": 0}
+    assert all(r["fast"]["capture"] == "none" for r in resumed.meta["batches"])
+    assert [r["final_total"] for r in resumed.meta["batches"]] == [r["final_total"] for r in records]
+    # The reference path finds the same files (the cache key does not depend on the path) and reuses them all.
+    reference = reference_set(data, teacher, cfg, tmp_path)  # its own work_dir: cl<channels_last>
+    assert reference.meta["reused_batches"] == 0  # sanity: other folder
+    again = generate(SynthContext(cfg=cfg, teacher=copy.deepcopy(teacher), data=data, device=torch.device("cpu"),
+                                  work_dir=tmp_path, progress=False), "intraq")
+    assert again.meta["reused_batches"] == 3 and torch.equal(again.images, images)
+
+
+def test_fast_generation_of_a_method_without_one_says_so_and_runs_the_reference(setting, tmp_path, capsys):
+    data, teacher = setting
+    cfg = RunConfig(synth=SynthConfig(num_images=16, batch_size=16, iterations=2, lor="none"), seed=1)
+    ctx = fast_ctx(data, teacher, cfg, tmp_path)
+    ctx.student = copy.deepcopy(teacher)
+    out = generate(ctx, "adi")
+    assert "method 'adi' has no fast image generation" in capsys.readouterr().err
+    assert out.meta["batches_by_path"] == {"fast": 0, "reference": 1}

@@ -61,6 +61,8 @@ def test_cli_run_prints_the_accuracies(tmp_path, capsys, tiny_overrides):
         (["run", "--profile", "cifar10-cpu", "--data-root", "/no/such/dir"], "/no/such/dir"),
         (["run", "--set", "synth.bogus=1"], "unknown field 'bogus'"),
         (["run", "--method", "nope", "--set", "teacher.train_epochs=1"], "synth.method='nope': unknown method"),
+        (["run", "--fast", "graphs", "--device", "cpu"], "unknown fast-path capture 'graphs'"),
+        (["run", "--fast", "cudagraph", "--device", "cpu"], "needs a CUDA device"),
     ],
 )
 def test_cli_bad_input_fails_with_a_fix(tmp_path, capsys, args, message):
@@ -135,3 +137,33 @@ def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_outputs(tmp_pa
     (tmp_path / "code.py").write_text("v2\n")
     assert git_commit(tmp_path) == head + "+dirty"
     assert git_commit(tmp_path / "results") == head + "+dirty"  # asked from a subfolder, the code still counts
+
+
+def test_the_fast_path_runs_a_case_and_says_so_in_its_record(paths, tiny_overrides):
+    cfg = apply_overrides(get_profile("smoke"), tiny_overrides)
+    record = run_case(cfg, paths, progress=False, fast="none")
+    assert record["case"] == case_hash(cfg)  # how it ran is not what it is
+    assert record["finetune_path"]["fast"]["capture"] == "none"
+    assert record["synthesis"]["batches_by_path"] == {"fast": 2, "reference": 0}
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2] and record["accuracy"]["best_epoch"] > 0
+    assert not list((paths.artifacts / "runs").glob("*/finetune*.pt"))  # checkpoints go with the record
+    reference = run_case(cfg, RunPaths(paths.artifacts, paths.results / "ref"), progress=False)
+    assert reference["finetune_path"] == "reference"
+    assert reference["synthesis"]["reused_batches"] == 2  # the fast path's batch files serve the reference too
+
+
+@pytest.mark.parametrize("fast, other", [("none", "finetune.pt"), (None, "finetune-fast.pt")])
+def test_a_stage2_checkpoint_of_the_other_path_is_never_thrown_away(paths, tiny_overrides, fast, other):
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=real"])
+    waiting = paths.artifacts / "runs" / f"{case_hash(cfg)}-seed0" / other
+    waiting.parent.mkdir(parents=True)
+    waiting.write_bytes(b"an interrupted stage 2")
+    with pytest.raises(UserInputError, match="cannot continue.*delete that file"):
+        run_case(cfg, paths, progress=False, fast=fast)
+    assert waiting.read_bytes() == b"an interrupted stage 2"
+
+
+def test_a_method_without_a_fast_path_says_so(paths, tiny_overrides, capsys):
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=squant"])
+    run_case(cfg, paths, progress=False, fast="auto")
+    assert "method 'squant' has none; it runs on the reference path" in capsys.readouterr().err

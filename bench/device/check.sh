@@ -10,6 +10,8 @@
 #   2. equality.json   fast path = reference path on this device (python -m intraq.fast.device_check)
 #   3. <gpu>.json      the CUDA throughput benchmark (pytest bench -k throughput): the official-run cost first,
 #                      then reference / fast / stacked throughput of ResNet-20 and ResNet-18
+#   4. pipeline.json   a tiny smoke case through `intraq run --fast` (bench/device/pipeline_check.py): the wiring
+#                      around the fast loops (batch files, capture, checkpoints, the record's path fields)
 #   summary.txt        one line per step: ok / failed (exit code) / timed out, and its seconds
 # Exit status: 0 if every step passed, else 1.
 set -euo pipefail
@@ -68,6 +70,7 @@ if [[ $DRY -eq 1 ]]; then
     --steps 6 --iterations 2 --only finetune,stacked --small
   INTRAQ_THROUGHPUT_DIR="$OUT" run_step throughput 300 "$PY" -m pytest -q -p no:cacheprovider \
     bench/bench_throughput.py -k "official_cifar10_run" --device cpu
+  run_step pipeline 300 "$PY" bench/device/pipeline_check.py --out "$OUT" --device cpu --fast none
 else
   run_step equality 120 "$PY" -m intraq.fast.device_check --out "$OUT/equality.json" --device cuda \
     --steps 300 --iterations 200
@@ -78,6 +81,7 @@ else
   INTRAQ_THROUGHPUT_DIR="$OUT" INTRAQ_BENCH_STACKED="${INTRAQ_BENCH_STACKED:-1,8}" run_step throughput 120 \
     "$PY" -m pytest -q -p no:cacheprovider bench/bench_throughput.py \
     -k "throughput and not official and not compiled" --device cuda
+  run_step pipeline 90 "$PY" bench/device/pipeline_check.py --out "$OUT" --device cuda
 fi
 cat "$OUT/summary.txt"
 exit $STATUS

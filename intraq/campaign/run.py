@@ -39,6 +39,7 @@ class CaseSettings:
     threads: int | None = 1
     compile: bool = False
     default_seconds: float | None = None  # estimate for a case when the profile has no record yet
+    fast: str | None = None  # capture mode of the fast path (intraq.fast), or None for the reference path
 
 
 @dataclass
@@ -101,7 +102,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     with case_lock(paths.results, cfg.profile, case, seed):
         reused = stored.exists()  # checked under the lock: a run that held it may just have written it
         try:
-            record = run_case(cfg, paths, device, progress=progress, compile=settings.compile)
+            record = run_case(cfg, paths, device, progress=progress, compile=settings.compile, fast=settings.fast)
             if cell.figures:
                 save_figure_data(cfg, cell, paths.results, settings.artifacts, device)
         except BaseException as exc:

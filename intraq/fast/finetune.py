@@ -8,31 +8,39 @@ runs: images, labels and the test set resident on the device; each epoch's draws
 sync inside an epoch (losses are summed on the device and read at the epoch's end); the step optionally
 captured once (`FastSettings.capture`); with R > 1 runs, the students are stacked
 (`torch.func.stack_module_state`) and stepped with `vmap` + `functional_call`, the teacher runs once on all R
-batches. A stacked run equals the same run alone up to float reordering (tests/test_fast_stacked.py).
+batches. A stacked run equals the same run alone up to float reordering (tests/test_fast_finetune.py).
 
-Not here: resuming an interrupted stage 2 (a fast run is short; it restarts from its calibrated start).
+With `checkpoint_path`, every finished epoch is saved atomically (students, momentum, the generators as they
+were before the next epoch's draws, histories), and a later call continues after it with the same result as an
+uninterrupted run; the epoch is the unit (a GPU epoch takes about a second).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
+from intraq.artifacts import load_torch, save_torch
 from intraq.config import FinetuneConfig
+from intraq.errors import UserInputError
 from intraq.fast.capture import StepRunner, compile_loss
 from intraq.fast.optim import sgd_step
 from intraq.fast.schedule import epoch_schedule, finetune_lor_settings, to_device
 from intraq.fast.settings import FastSettings
 from intraq.finetune.kd import kd_loss_intraq
+from intraq.finetune.loop import flag_losses
 from intraq.finetune.trainer import CalibrationSource, EpochSampler, calibrate, multi_step_lr
+from intraq.interrupts import deferred_interrupts
+from intraq.quantize import act_quantizers
 from intraq.results import sitting
 from intraq.synthesis.lor import apply_affine
 
@@ -62,6 +70,7 @@ class FastFinetuneResult:
     acc_best: float
     best_epoch: int
     diverged_at_epoch: int | None = None
+    exploded_at_epoch: int | None = None  # as the reference: finite loss > 10x the first trained epoch's
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     sittings: list[dict] = field(default_factory=list)
@@ -81,6 +90,7 @@ def summarize_history(history: list[dict], calib_epochs: int) -> dict:
         "acc_best": best["acc"],
         "best_epoch": best["epoch"],
         "diverged_at_epoch": next((h["epoch"] for h in history if h.get("diverged")), None),
+        "exploded_at_epoch": next((h["epoch"] for h in history if h.get("exploded")), None),
     }
 
 
@@ -106,6 +116,9 @@ class StudentStack:
         self.r = len(students)
         self.stacked = self.r > 1
         if self.stacked:
+            for student in students:  # eager, once: vmap cannot run the check's host read inside the step
+                for quant in act_quantizers(student):
+                    quant.check_calibrated()
             params, buffers = stack_module_state(students)
             self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
             self.buffers = buffers
@@ -144,11 +157,36 @@ class StudentStack:
         return 100.0 * correct.double() / max(len(images), 1)
 
     def unstack(self) -> list[dict[str, torch.Tensor]]:
-        """Each run's state dict (parameters and buffers), e.g. to save a student."""
+        """Each run's state dict (parameters and buffers), e.g. to save a student (own copies: a view of the
+        stacked tensor would be saved with all R runs' storage)."""
         if not self.stacked:
             return [self.base.state_dict()]
-        return [{**{k: v[r].detach() for k, v in self.params.items()}, **{k: v[r] for k, v in self.buffers.items()}}
+        return [{**{k: v[r].detach().clone() for k, v in self.params.items()},
+                 **{k: v[r].clone() for k, v in self.buffers.items()}}
                 for r in range(self.r)]
+
+
+def _rng_state(generators: list[torch.Generator], samplers: list[EpochSampler]) -> list[dict[str, Any]]:
+    return [{"generator": g.get_state(), "order": s.order.clone(), "pos": s.pos}
+            for g, s in zip(generators, samplers, strict=True)]
+
+
+def _set_rng_state(generators: list[torch.Generator], samplers: list[EpochSampler], state: list[dict]) -> None:
+    for g, s, saved in zip(generators, samplers, state, strict=True):
+        g.set_state(saved["generator"])
+        s.order, s.pos = saved["order"], saved["pos"]
+
+
+def load_checkpoint(path: Path | None, runs: list[FinetuneRun]) -> dict[str, Any] | None:
+    """The fast stage-2 checkpoint at `path`, checked to belong to these runs (count and seeds)."""
+    if path is None or not path.exists():
+        return None
+    blob = load_torch(path)
+    seeds = [run.seed for run in runs]
+    if not isinstance(blob, dict) or blob.get("kind") != "fast-finetune" or blob.get("seeds") != seeds:
+        raise UserInputError(f"{path} is not a fast stage-2 checkpoint of runs with seeds {seeds}; delete it to "
+                             "start stage 2 again")
+    return blob
 
 
 def finetune_fast(
@@ -160,10 +198,12 @@ def finetune_fast(
     fast: FastSettings | None = None,
     progress: bool = True,
     on_epoch: Callable[[int], None] | None = None,
+    checkpoint_path: Path | None = None,
 ) -> list[FastFinetuneResult]:
     """Calibrate and KD-fine-tune every run; `test_images` are normalized float tensors (moved to the device).
 
-    `on_epoch(epoch)` is called after each epoch (the benchmark uses it to time and cut runs short)."""
+    `on_epoch(epoch)` is called after each epoch, once it is checkpointed (the benchmark uses it to time and cut
+    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there."""
     fast = fast or FastSettings()
     fast.check_device(device)
     if fast.numeric is not None:
@@ -172,7 +212,9 @@ def finetune_fast(
     cfg, r = runs[0].cfg, len(runs)
     memory_format = torch.channels_last if fast.channels_last else torch.contiguous_format
     teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
-    students = [run.student.to(device).eval().requires_grad_(True) for run in runs]
+    # The layout from the start, as the reference trainer: calibration's ranges depend (in the last bits) on it.
+    students = [run.student.to(device=device, memory_format=memory_format).eval().requires_grad_(True)
+                for run in runs]
     test_x = test_images.to(device).contiguous(memory_format=memory_format)
     test_y = test_labels.to(device)
     images = torch.stack([run.images for run in runs]).to(device)  # (R, N, C, H, W), resident
@@ -184,9 +226,33 @@ def finetune_fast(
     batch = samplers[0].batch_size
     histories: list[list[dict]] = [[] for _ in runs]
     seconds = {"calibration": 0.0, "finetune": 0.0, "evaluation": 0.0}
-    sittings = [{**sitting(device), "first_epoch": 0}]
+    sittings: list[dict] = []
     alive = [True] * r
-    bar = tqdm(total=cfg.epochs * cfg.iters_per_epoch, desc=f"fine-tune x{r} (fast)", disable=not progress)
+    start = 0
+    blob = load_checkpoint(checkpoint_path, runs)
+    if blob is not None:
+        for student, state in zip(students, blob["students"], strict=True):
+            student.load_state_dict(state)
+        for run, state in zip(runs, blob["calibration"], strict=True):
+            run.calibration.load_state_dict(state)
+        _set_rng_state(generators, samplers, blob["rng"])
+        histories, seconds, alive, sittings = blob["histories"], blob["seconds"], blob["alive"], blob["sittings"]
+        start = blob["epoch"] + 1 if any(alive) else cfg.epochs  # all diverged: nothing left to run
+    if start < cfg.epochs:
+        sittings.append({**sitting(device), "first_epoch": start})
+    bar = tqdm(total=cfg.epochs * cfg.iters_per_epoch, initial=start * cfg.iters_per_epoch,
+               desc=f"fine-tune x{r} (fast)", disable=not progress)
+
+    def save(epoch: int, students_state: list[dict], momentum: list[torch.Tensor] | None, rng: list[dict]) -> None:
+        """Everything a resumed call needs after `epoch` (`rng`: the draws' state before the next epoch's)."""
+        if checkpoint_path is None:
+            return
+        state = {"kind": "fast-finetune", "seeds": [run.seed for run in runs], "epoch": epoch,
+                 "students": students_state, "momentum": momentum, "rng": rng,
+                 "calibration": [run.calibration.state_dict() for run in runs], "histories": histories,
+                 "seconds": seconds, "alive": alive, "sittings": sittings}
+        with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C during its save
+            save_torch(state, checkpoint_path)
 
     def evaluate_into(epoch: int, stack: StudentStack | None, which: list[bool]) -> None:
         """Evaluate (all runs at once) and record the accuracy for the runs whose reference would evaluate now."""
@@ -208,7 +274,7 @@ def finetune_fast(
                 or (epoch + 1) % cfg.eval_every == 0)
 
     # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards).
-    for epoch in range(cfg.calib_epochs):
+    for epoch in range(start, cfg.calib_epochs):
         tic = time.perf_counter()
         for run, student in zip(runs, students, strict=True):
             calibrate(student, run.calibration, cfg.iters_per_epoch)
@@ -217,6 +283,7 @@ def finetune_fast(
         for h in histories:
             h.append({"epoch": epoch, "phase": "calibration"})
         evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
+        save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
         if on_epoch is not None:
             on_epoch(epoch)
 
@@ -224,6 +291,10 @@ def finetune_fast(
     names = list(stack.params)
     params = [stack.params[k] for k in names]
     momentum_buffers = [torch.zeros_like(p) for p in params]
+    if blob is not None and blob["momentum"] is not None:
+        with torch.no_grad():
+            for buffer, saved in zip(momentum_buffers, blob["momentum"], strict=True):
+                buffer.copy_(saved)
     lr = torch.zeros(r, device=device)
     loss_sum = torch.zeros(r, device=device)
     runs_index = torch.arange(r, device=device)[:, None]
@@ -260,8 +331,10 @@ def finetune_fast(
         theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 5)
         return to_device(idx, device), to_device(theta, device)
 
-    schedule = draw()
-    for epoch in range(cfg.calib_epochs, cfg.epochs):
+    first_kd = max(start, cfg.calib_epochs)
+    rng_next = _rng_state(generators, samplers)
+    schedule = draw() if first_kd < cfg.epochs else None
+    for epoch in range(first_kd, cfg.epochs):
         tic = time.perf_counter()
         lrs = [multi_step_lr(run.cfg.lr, epoch, run.cfg.lr_steps, run.cfg.lr_decay) for run in runs]
         lr.copy_(torch.tensor(lrs, dtype=lr.dtype), non_blocking=False)
@@ -271,6 +344,7 @@ def finetune_fast(
             runner(idx=idx_d[t], theta=theta_d[t])
             bar.update()
         if epoch + 1 < cfg.epochs:
+            rng_next = _rng_state(generators, samplers)
             schedule = draw()  # the host draws the next epoch while the device works on this one
         epoch_losses = (loss_sum / cfg.iters_per_epoch).tolist()  # the one host sync of the epoch
         seconds["finetune"] += time.perf_counter() - tic
@@ -278,8 +352,8 @@ def finetune_fast(
         for i in range(r):
             if not alive[i]:
                 continue
-            record = {"epoch": epoch, "phase": "finetune", "lr": lrs[i], "loss": epoch_losses[i],
-                      "diverged": not math.isfinite(epoch_losses[i])}
+            record = {"epoch": epoch, "phase": "finetune", "lr": lrs[i], "loss": epoch_losses[i]}
+            flag_losses(record, histories[i], ("loss",))
             histories[i].append(record)
             which[i] = wants_eval(epoch, record["diverged"])
         evaluate_into(epoch, stack, which)
@@ -287,6 +361,8 @@ def finetune_fast(
             if alive[i] and histories[i][-1].get("diverged"):
                 alive[i] = False  # a diverged run stops here (its NaN weights cannot touch the other runs)
                 bar.write(f"run {i}: fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping it")
+        momentum = [b.detach().clone() for b in momentum_buffers]
+        save(epoch, stack.unstack(), momentum, rng_next)
         if on_epoch is not None:
             on_epoch(epoch)
         if not any(alive):

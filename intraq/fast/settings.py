@@ -80,6 +80,25 @@ class FastSettings:
         }
 
 
+FAST_CHOICES = ("auto", *CAPTURE_MODES)  # what `--fast` accepts: auto picks the capture for the device
+
+
+def fast_settings_for(device: torch.device, mode: str | None) -> FastSettings | None:
+    """`--fast MODE` as settings (None: the reference path); a mode the device cannot run is a user error."""
+    from intraq.errors import UserInputError
+
+    if mode is None:
+        return None
+    if mode not in FAST_CHOICES:
+        raise UserInputError(f"unknown fast-path capture {mode!r}; choose one of {', '.join(FAST_CHOICES)}")
+    settings = default_fast_settings(device, None if mode == "auto" else mode)
+    try:
+        settings.check_device(device)
+    except ValueError as exc:
+        raise UserInputError(f"--fast {mode}: {exc}") from None
+    return settings
+
+
 def default_fast_settings(device: torch.device, capture: str | None = None) -> FastSettings:
     """CUDA: official-like numeric flags and CUDA-graph capture; CPU: eager, flags untouched."""
     if device.type == "cuda":

@@ -250,6 +250,36 @@ def centers_for(centers: ClassCenters | None, labels: torch.Tensor, device: torc
     return c.to(device), m.to(device)
 
 
+class FastBatchMaker:
+    """Makes the batches of one reference-path set (`intraq.synthesis.intraq.generate`) on the fast path.
+
+    Same draws, same batch files and record fields as `_optimize_batch`, plus the fast settings in each record;
+    the optimizer (and its captured graph) is kept per batch size across batches. A batch resumes as a whole:
+    the fast path writes no mid-batch checkpoint (a GPU batch takes seconds)."""
+
+    def __init__(self, teacher: nn.Module, settings: SynthSettings, seed: int, shape: tuple[int, int, int],
+                 num_classes: int, device: torch.device, fast: FastSettings) -> None:
+        self.teacher, self.settings, self.seed, self.shape = teacher, settings, seed, shape
+        self.num_classes, self.device, self.fast = num_classes, device, fast
+        self.optimizers: dict[int, StackedBatchOptimizer] = {}
+
+    def __call__(self, index: int, size: int, centers: ClassCenters | None,
+                 on_iteration: Callable[[], object] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        if size not in self.optimizers:
+            self.optimizers[size] = StackedBatchOptimizer(self.teacher, self.settings, 1, size, self.shape,
+                                                          self.device, self.fast)
+        draws = draw_batch(self.seed, index, size, self.shape[0], self.shape[1], self.num_classes, self.settings)
+        ((images, record),) = self.optimizers[size].optimize(
+            [draws], [centers_for(centers, draws.labels, self.device)], on_iteration=on_iteration)
+        record.update(batch=index, size=size, seed=batch_seed(self.seed, index))
+        return images, draws.labels, record
+
+    def close(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.close()
+        self.optimizers.clear()
+
+
 def generate_stacked(
     teacher: nn.Module, settings: SynthSettings, seeds: list[int], num_images: int, shape: tuple[int, int, int],
     num_classes: int, device: torch.device, fast: FastSettings | None = None, progress: bool = False,

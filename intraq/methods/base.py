@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from intraq.config import RunConfig
     from intraq.data.base import DataSplits
+    from intraq.fast.settings import FastSettings
     from intraq.pipeline import RunPaths
     from intraq.teacher.load import Teacher
 
@@ -59,6 +60,7 @@ class MethodContext:
     test_accuracy: Callable[[nn.Module], float]  # test top-1 (%) of a model on the data's test split
     progress: bool = True
     compile: bool = False
+    fast: FastSettings | None = None  # the fast path (intraq.fast) where a method has one; None: the reference
 
 
 class Method:
@@ -66,12 +68,14 @@ class Method:
 
     `sections`: the config sections besides profile, data, teacher and quant that decide its numbers (the rest is
     left out of its case hash). `makes_images`: it fine-tunes on an image set that `intraq generate` can make.
+    `fast_path`: some of its stages run on the fast path (`intraq.fast`) when a run asks for it.
     """
 
     name: str
     summary: str
     sections: ClassVar[tuple[str, ...]] = ()
     makes_images: ClassVar[bool] = False
+    fast_path: ClassVar[bool] = False
 
     def run(self, ctx: MethodContext) -> MethodOutcome:
         raise NotImplementedError

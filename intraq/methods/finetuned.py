@@ -6,7 +6,9 @@ decides the set (`set_hash_parts`) and a student the synthesis competes with (`m
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intraq.methods.base import Method, MethodContext, MethodOutcome
@@ -26,9 +28,12 @@ class ImageSetMethod(Method):
 
     sections = ("synth", "finetune")
     makes_images = True
+    fast_path = True  # stage 2 (KD fine-tuning); image generation where `fast_images`
 
-    def __init__(self, name: str, summary: str, synthesize: Callable[[SynthContext], SyntheticSet]) -> None:
-        self.name, self.summary, self._synthesize = name, summary, synthesize
+    def __init__(self, name: str, summary: str, synthesize: Callable[[SynthContext], SyntheticSet],
+                 fast_images: bool = False) -> None:
+        """`fast_images`: its synthesizer honours `SynthContext.fast` (and says itself when it cannot)."""
+        self.name, self.summary, self._synthesize, self.fast_images = name, summary, synthesize, fast_images
 
     def synthesize(self, ctx: SynthContext) -> SyntheticSet:
         return self._synthesize(ctx)
@@ -50,17 +55,28 @@ class ImageSetMethod(Method):
         from intraq.quantize import describe_quantization, quantize_model
 
         cfg, teacher = ctx.cfg, ctx.teacher
+        fast = stage2_fast_settings(ctx)
+        check_checkpoints(ctx.run_dir, fast is not None)  # before any work: a refused run wastes none
         image_set, generation_seconds = get_image_set(
-            cfg, teacher, ctx.data, ctx.device, ctx.paths, ctx.progress, ctx.compile
+            cfg, teacher, ctx.data, ctx.device, ctx.paths, ctx.progress, ctx.compile, ctx.fast
         )
         images = image_set.images
         student = quantize_model(teacher.model, cfg.quant).to(ctx.device)
         source = make_calibration_source(cfg, teacher.model, ctx.data, images, ctx.device)
-        result = finetune(
-            student, teacher.model, images, image_set.labels, ctx.test_accuracy, source,
-            make_finetune_augment(cfg.finetune), cfg.finetune, ctx.device, cfg.seed,
-            checkpoint_path=ctx.run_dir / "finetune.pt", progress=ctx.progress,
-        )
+        if fast is None:
+            result = finetune(
+                student, teacher.model, images, image_set.labels, ctx.test_accuracy, source,
+                make_finetune_augment(cfg.finetune), cfg.finetune, ctx.device, cfg.seed,
+                checkpoint_path=ctx.run_dir / REFERENCE_CHECKPOINT, progress=ctx.progress,
+            )
+        else:
+            from intraq.fast.finetune import FinetuneRun, finetune_fast
+
+            test_x, test_y = ctx.data.test.batch(slice(None))
+            (result,) = finetune_fast(
+                [FinetuneRun(student, images, image_set.labels, source, cfg.seed, cfg.finetune)], teacher.model,
+                test_x, test_y, ctx.device, fast, ctx.progress, checkpoint_path=ctx.run_dir / FAST_CHECKPOINT,
+            )
         meta = {k: v for k, v in image_set.meta.items() if not _is_tensor(v)}
         return MethodOutcome(
             after_calibration=result.acc_after_calibration, final_epoch=result.acc_final, best_epoch=result.acc_best,
@@ -70,8 +86,46 @@ class ImageSetMethod(Method):
             extras={
                 "synthesis": meta, "quantization": describe_quantization(student),
                 "finetune_sittings": result.sittings,
+                "finetune_path": "reference" if fast is None else {"fast": result.fast},
             },
         )
+
+
+REFERENCE_CHECKPOINT, FAST_CHECKPOINT = "finetune.pt", "finetune-fast.pt"  # in the case's run folder
+FAST_TEST_SET_BYTES = 8 * 2**30  # the fast stage 2 keeps the test set on the device as float32
+
+
+def stage2_fast_settings(ctx: MethodContext):  # -> FastSettings | None
+    """The fast settings for stage 2, or None for the reference trainer (said so when fast was asked for)."""
+    from tqdm import tqdm
+
+    from intraq.data.base import TensorImageDataset
+
+    if ctx.fast is None:
+        return None
+    test = ctx.data.test
+    why = None
+    if not isinstance(test, TensorImageDataset):
+        why = f"the test split of {ctx.data.name} is not held in memory"
+    elif test.images.numel() * 4 > FAST_TEST_SET_BYTES:
+        why = f"the test split of {ctx.data.name} would take {test.images.numel() * 4 / 2**30:.1f} GiB on the device"
+    if why is not None:
+        tqdm.write(f"fast path: {why}; stage 2 runs on the reference path", file=sys.stderr)
+        return None
+    return ctx.fast
+
+
+def check_checkpoints(run_dir: Path, fast: bool) -> None:
+    """Refuse to start stage 2 on one path while a checkpoint of the other waits in the run folder: the two
+    cannot continue each other, and restarting would silently throw the finished epochs away."""
+    from intraq.errors import UserInputError
+
+    other = run_dir / (REFERENCE_CHECKPOINT if fast else FAST_CHECKPOINT)
+    if other.exists():
+        was, now = ("the reference path", "--fast") if fast else ("the fast path (--fast)", "the reference path")
+        raise UserInputError(
+            f"{other} holds stage 2 of this case interrupted on {was}, which {now} cannot continue: run the same "
+            f"command as before to resume it, or delete that file to start stage 2 again on {now}")
 
 
 def _is_tensor(value: Any) -> bool:

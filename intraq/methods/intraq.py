@@ -52,5 +52,7 @@ class AdiMethod(ImageSetMethod):
         return calibrated_student(cfg, teacher.model, data, device)
 
 
-register(ImageSetMethod("intraq", "IntraQ synthetic images (BNS + SIL + MDC, LOR), KD fine-tuning", _intraq))
-register(AdiMethod("adi", "IntraQ's generator with ADI's competition term instead of MDC, KD fine-tuning", _adi))
+register(ImageSetMethod("intraq", "IntraQ synthetic images (BNS + SIL + MDC, LOR), KD fine-tuning", _intraq,
+                        fast_images=True))
+register(AdiMethod("adi", "IntraQ's generator with ADI's competition term instead of MDC, KD fine-tuning", _adi,
+                   fast_images=True))  # `generate` says that ADI's images are made on the reference path

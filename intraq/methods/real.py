@@ -17,4 +17,5 @@ def _real(ctx: SynthContext) -> SyntheticSet:
     return real_images(ctx)
 
 
-register(ImageSetMethod("real", "a seeded subset of real training images, KD fine-tuning", _real))
+register(ImageSetMethod("real", "a seeded subset of real training images, KD fine-tuning", _real,
+                        fast_images=True))  # nothing to generate

@@ -189,7 +189,8 @@ class QuantAct(nn.Module):
             self.x_max.copy_(self.x_max_raw / correction)
         self._range_checked = True
 
-    def _check_calibrated(self) -> None:
+    def check_calibrated(self) -> None:
+        """Raise if no range was ever set; checked once (a host sync), then remembered until new buffers load."""
         if self._range_checked:
             return
         if int(self.steps) == 0 and float(self.x_min) == 0.0 and float(self.x_max) == 0.0:
@@ -207,7 +208,7 @@ class QuantAct(nn.Module):
         if self.calibrating:
             self._update_range(x)
         else:
-            self._check_calibrated()
+            self.check_calibrated()
         return quantize_affine(x, self.bits, self.x_min.to(x.dtype), self.x_max.to(x.dtype))
 
     def extra_repr(self) -> str:

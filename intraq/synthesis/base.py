@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from intraq.config import RunConfig
 from intraq.data.base import DataSplits
 from intraq.errors import UserInputError
 from intraq.registry import Registry
+
+if TYPE_CHECKING:
+    from intraq.fast.settings import FastSettings
 
 
 @dataclass
@@ -58,6 +61,7 @@ class SynthContext:
     channels_last: bool = True  # NHWC activations: ~1.7x faster convolutions on CPU (oneDNN) and GPU
     bf16_autocast: bool = False  # GPU option: teacher forward/backward in bfloat16
     compile: bool = False  # GPU option: torch.compile the teacher
+    fast: FastSettings | None = None  # the fast path (intraq.fast) for the methods that have one; None: reference
 
 
 Synthesizer = Callable[[SynthContext], SyntheticSet]

@@ -14,6 +14,7 @@ never from other runs' files (trap T6).
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -187,6 +188,22 @@ def _optimize_batch(
     return x.detach().float().cpu(), labels, record
 
 
+def _fast_batch_maker(ctx: SynthContext, method: str, settings: SynthSettings):  # -> FastBatchMaker | None
+    """The fast path's batch maker when `ctx.fast` asks for it and it covers this method; else None (said so)."""
+    if ctx.fast is None:
+        return None
+    if method != "intraq" or ctx.bf16_autocast:
+        why = f"method {method!r}" if method != "intraq" else "bf16 autocast"
+        tqdm.write(f"fast path: {why} has no fast image generation; stage 1 runs on the reference path",
+                   file=sys.stderr)
+        return None
+    from intraq.fast.synthesis import FastBatchMaker
+
+    data = ctx.data
+    return FastBatchMaker(ctx.teacher, settings, ctx.cfg.seed, (data.channels, data.image_size, data.image_size),
+                          data.num_classes, ctx.device, ctx.fast)
+
+
 def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
     """Make (or extend, or resume) the IntraQ / ADI synthetic set of `ctx.cfg.synth.num_images` images."""
     wall_start = time.perf_counter()
@@ -211,13 +228,24 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
         ctx.teacher.to(memory_format=torch.channels_last)
         if ctx.student is not None:
             ctx.student.to(memory_format=torch.channels_last)
-    with frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
-        batches = run_batches(
-            folder, s.num_images, s.batch_size, (ctx.data.channels, ctx.data.image_size),
-            lambda k, size, checkpoint, bar: _optimize_batch(ctx, settings, k, size, centers, checkpoint, bar),
-            s.iterations, f"{method} synthesis", ctx.progress,
-            before_next=None if centers is None else lambda x, y: centers.add_images(ctx.teacher, x.to(ctx.device), y),
-        )
+    maker = _fast_batch_maker(ctx, method, settings)
+    if maker is None:
+        def make(k: int, size: int, checkpoint: BatchCheckpoint, bar: tqdm) -> tuple:
+            return _optimize_batch(ctx, settings, k, size, centers, checkpoint, bar)
+    else:
+        def make(k: int, size: int, checkpoint: BatchCheckpoint, bar: tqdm) -> tuple:
+            return maker(k, size, centers, bar.update)
+    try:
+        with frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):
+            batches = run_batches(
+                folder, s.num_images, s.batch_size, (ctx.data.channels, ctx.data.image_size), make,
+                s.iterations, f"{method} synthesis" + (" (fast)" if maker else ""), ctx.progress,
+                before_next=None if centers is None
+                else lambda x, y: centers.add_images(ctx.teacher, x.to(ctx.device), y),
+            )
+    finally:
+        if maker is not None:
+            maker.close()
     records = batches.records
     meta: dict[str, Any] = {
         **batches.meta(),
@@ -230,6 +258,9 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
         "batch_losses": [dict(r["final_losses"], total=r["final_total"]) for r in records],
         "wall_time_s": time.perf_counter() - wall_start,
         "device": str(ctx.device),
+        # reused batches included: a set resumed across machines or paths says how many each path made
+        "batches_by_path": {
+            "fast": sum(1 for r in records if "fast" in r), "reference": sum(1 for r in records if "fast" not in r)},
     }
     if method == "adi":
         meta["adi_student"] = s.adi_student
