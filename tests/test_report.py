@@ -399,3 +399,31 @@ def test_learning_curve_of_the_shared_cell_beside_other_profiles(tmp_path: Path)
     assert list(curves_beside(results, "smoke")) == ["smoke", "smoke-twin"]
     blocks = curve_blocks(load_results(results, "smoke"))
     assert any(getattr(b, "name", "") == "learning-curve.png" and b.png.startswith(b"\x89PNG") for b in blocks)
+
+
+def test_a_cells_machine_column_shows_thread_counts_and_paths_that_differ() -> None:
+    import pandas as pd
+
+    from intraq.report.render import cell_machines
+
+    cpu, gpu = "CPU x, 2 cores, torch 2", "NVIDIA H100, torch 2"
+    rows = pd.DataFrame({"seed": [2, 0, 1, 0], "machine_class": [cpu, cpu, cpu, gpu], "threads": [1, 2, 1, 2],
+                         "path": ["reference", "reference", "reference", "fast"]})
+    assert cell_machines(rows) == (f"{cpu} (seeds 0 [2 threads], 1 [1 thread], 2 [1 thread]); "
+                                   f"{gpu} (seed 0 [fast path])")
+    same = rows[rows["seed"] > 0]
+    assert cell_machines(same) == f"{cpu} (seeds 1, 2)"  # one count in the class: nothing to annotate
+
+
+@pytest.mark.parametrize("record, path", [
+    ({"method": "squant"}, "reference"),
+    ({"finetune_path": "reference", "synthesis": {"batches_by_path": {"fast": 0, "reference": 4}}}, "reference"),
+    ({"finetune_path": {"fast": {}}, "synthesis": {"batches_by_path": {"fast": 4, "reference": 0}}}, "fast"),
+    ({"finetune_path": {"fast": {}}, "synthesis": {}}, "fast"),  # real data: no batches
+    ({"finetune_path": {"fast": {}}, "synthesis": {"batches_by_path": {"fast": 1, "reference": 3}}}, "mixed"),
+    ({"finetune_path": "reference", "synthesis": {"batches_by_path": {"fast": 4, "reference": 0}}}, "mixed"),
+])
+def test_run_path_names_the_implementation_of_every_stage(record, path) -> None:
+    from intraq.report.collect import run_path
+
+    assert run_path(record) == path

@@ -50,6 +50,17 @@ def figure_file(results: Path, profile: str, case: str, seed: int) -> Path:
     return figures_dir(results, profile) / f"{case}-seed{seed}.npz"
 
 
+def run_path(record: dict[str, Any]) -> str:
+    """Which implementation made a record: "reference", "fast" (every stage that has a fast path ran on it) or
+    "mixed" (e.g. synthesis batches of both, or fast images with a reference stage 2)."""
+    batches = (record.get("synthesis") or {}).get("batches_by_path") or {}
+    stage2 = record.get("finetune_path")
+    parts = ([] if not batches.get("fast") else ["fast"]) + ([] if not batches.get("reference") else ["reference"])
+    if stage2 is not None:
+        parts.append("fast" if isinstance(stage2, dict) else "reference")
+    return "reference" if "fast" not in parts else "fast" if "reference" not in parts else "mixed"
+
+
 def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], results: Path) -> dict[str, Any]:
     """Write (atomically) the cell file for `cell` at `cfg.seed`: the paper's value next to the measured one.
 
@@ -79,6 +90,8 @@ def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], result
     }
     if record.get("git_commit_note"):
         out["git_commit_note"] = record["git_commit_note"]
+    if run_path(record) != "reference":  # only then: cell files of reference runs stay byte-identical
+        out["path"] = run_path(record)
     if record.get("data_identity"):
         out["data_identity"] = record["data_identity"]
     save_json(out, cell_file(results, cfg.profile, cell, cfg.seed))

@@ -81,6 +81,8 @@ def _row(blob: dict[str, Any], path: Path, cell: Cell | None) -> dict[str, Any]:
         "git_commit_note": blob.get("git_commit_note"),
         "machine": _machine_text(blob.get("machine")),
         "machine_class": machine_class(blob.get("machine")),
+        "threads": (blob.get("machine") or {}).get("torch_threads"),
+        "path": blob.get("path", "reference"),  # cell files name it only when not the reference path
         "fixture": bool(blob.get("fixture", False)),
         "rotation_degrees": blob.get("rotation_degrees"), "note": blob.get("note", ""),
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),

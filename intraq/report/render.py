@@ -233,12 +233,19 @@ def samples(res: BenchResults, table: Table, metric: str) -> dict[str, Sample]:
 
 
 def cell_machines(rows: pd.DataFrame) -> str:
-    """"<class> (seeds 0, 1); <class> (seed 2)" for one cell's runs."""
+    """"<class> (seeds 0, 1); <class> (seed 2)" for one cell's runs; a seed is annotated with its torch thread
+    count when the seeds of one class ran at different counts, and with its path when not the reference path,
+    so that a cell's spread that includes hardware or implementation spread shows it."""
     if not len(rows):
         return "–"
     parts = []
     for machine, group in rows.sort_values("seed").groupby("machine_class", sort=True):
-        seeds = [str(int(s)) for s in group["seed"]]
+        mixed_threads = group["threads"].astype(str).nunique() > 1
+        seeds = []
+        for _, r in group.iterrows():
+            notes = [f"{r['threads']} thread{'' if r['threads'] == 1 else 's'}"] if mixed_threads else []
+            notes += [f"{r['path']} path"] if r["path"] != "reference" else []
+            seeds.append(str(int(r["seed"])) + (f" [{', '.join(notes)}]" if notes else ""))
         parts.append(f"{machine} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})")
     return "; ".join(parts)
 
