@@ -292,6 +292,30 @@ def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.
                         getattr(args, "compile", False), args.default_case_seconds, getattr(args, "fast", None))
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    from intraq.config_file import resolve_profile
+    from intraq.report.curves import load_curves, stage2_cut
+
+    profile = resolve_profile(args.profile)
+    table, _, cell = args.cell.partition("/")
+    results = Path(args.results)
+    curves = load_curves(results, profile, (table, cell))
+    if not curves:
+        raise UserInputError(f"no record with a per-epoch history for cell {args.cell} at profile {profile} in "
+                             f"{results}: run it (pytest bench -k \"{table} and {cell}\" --profile {profile}), or name "
+                             "another --cell or --results")
+    print(f"{args.cell} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
+          "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
+    cuts = [stage2_cut(c, args.within) for c in curves]
+    for c in cuts:
+        print(f"  seed {c.seed}: best {c.best:.2f} at epoch {c.best_epoch} of 0..{c.last_epoch}; reaches best − "
+              f"{c.within:g} at epoch {c.reaches}; stays there from epoch {c.stays}")
+    reaches, stays = max(c.reaches for c in cuts), max(c.stays for c in cuts)
+    print(f"cut for the best-epoch metric: finetune.epochs = {reaches + 1}; for the final-epoch metric too: "
+          f"finetune.epochs = {stays + 1} (over {len(cuts)} seed{'s' if len(cuts) != 1 else ''}, the latest)")
+    return 0
+
+
 def cmd_campaign(args: argparse.Namespace) -> int:
     import torch
 
@@ -419,6 +443,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per case (default 1)")
     _fast_option(p)
     p.set_defaults(func=cmd_campaign)
+
+    p = sub.add_parser("curve", help="where a cell's learning curve comes within a margin of its best (a stage-2 cut)")
+    p.add_argument("--profile", default="cifar10", help="profile whose records hold the curve (default cifar10)")
+    p.add_argument("--cell", default="main_cifar10/w4a4", help="TABLE/CELL (default main_cifar10/w4a4)")
+    p.add_argument("--within", type=float, default=0.3, help="points below the best (default 0.3)")
+    p.add_argument("--results", default="results", help="results folder (default: the committed results/)")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("status", help="claims x cells x seeds of a profile: done, running, pending, failed")
     _cases_options(p)

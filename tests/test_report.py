@@ -427,3 +427,31 @@ def test_run_path_names_the_implementation_of_every_stage(record, path) -> None:
     from intraq.report.collect import run_path
 
     assert run_path(record) == path
+
+
+def _curve(accuracy: list[float], seed: int = 0):
+    from intraq.report.curves import Curve
+
+    return Curve(profile="p", seed=seed, epochs=tuple(range(len(accuracy))), accuracy=tuple(accuracy),
+                 calibration_epochs=1, best_epoch=None, dataset="d", data_identity=None, machine="m")
+
+
+def test_stage2_cut_reaches_and_stays_within_the_margin() -> None:
+    from intraq.report.curves import stage2_cut
+
+    #                 0     1     2     3     4     5     6     7
+    cut = stage2_cut(_curve([80.0, 85.0, 86.8, 86.2, 86.9, 87.0, 86.75, 86.8]), within=0.3)
+    assert (cut.best, cut.best_epoch, cut.last_epoch) == (87.0, 5, 7)
+    assert cut.reaches == 2  # 86.8 >= 86.7 first at epoch 2
+    assert cut.stays == 4  # epoch 3 (86.2) is the last one below 86.7
+    flat = stage2_cut(_curve([50.0, 50.0, 50.0]), within=0.0)
+    assert (flat.best_epoch, flat.reaches, flat.stays) == (2, 0, 0)  # ties for best go to the later epoch
+    with pytest.raises(ValueError, match="within"):
+        stage2_cut(_curve([1.0]), within=-1)
+
+
+def test_cli_curve_prints_the_cut_and_names_the_fix_without_records(tmp_path: Path, capsys) -> None:
+    from intraq.cli import main
+
+    assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 2
+    assert "pytest bench -k \"main_cifar10 and w4a4\" --profile smoke" in capsys.readouterr().err
