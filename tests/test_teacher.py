@@ -9,6 +9,7 @@ from intraq.errors import UserInputError
 from intraq.teacher.checkpoint import load_teacher_weights, save_teacher, sha256_file
 from intraq.teacher.load import get_teacher
 from intraq.teacher.models import build_model
+from intraq.teacher.torchvision_models import TracedTeacher
 from intraq.teacher.train import train_teacher
 
 
@@ -182,6 +183,8 @@ def test_torchvision_by_name_has_one_activation_module_per_call_site():
     model(x)
     assert len(calls) == 49 and set(calls.values()) == {1}  # 1 stem + 16 blocks x 3
     assert copy.deepcopy(model).feature_module_name == model.feature_module_name == "avgpool"
+    shallow = copy.copy(model)
+    assert shallow.feature_module_name == "avgpool" and isinstance(shallow, TracedTeacher)
     quantized = quantize_model(model, QuantConfig())
     assert sum(type(m).__name__ == "QuantAct" for m in quantized.modules()) == 49
 

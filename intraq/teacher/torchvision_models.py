@@ -114,8 +114,8 @@ def _feature_module(arch: str, traced: fx.GraphModule) -> str:
 
 
 class TracedTeacher(fx.GraphModule):
-    """A traced torchvision model that keeps `feature_module_name` through `copy.deepcopy` (fx's copy drops
-    attributes it does not know, and the quantizer makes the student by a deep copy)."""
+    """A traced torchvision model that keeps `feature_module_name` through `copy.deepcopy` and `copy.copy` (fx's
+    copies drop attributes they do not know, and the quantizer makes the student by a deep copy)."""
 
     def __init__(self, root: nn.Module, graph: fx.Graph, feature_module_name: str, class_name: str) -> None:
         super().__init__(root, graph, class_name)
@@ -124,6 +124,10 @@ class TracedTeacher(fx.GraphModule):
 
     def __deepcopy__(self, memo: dict) -> TracedTeacher:
         plain = fx.GraphModule.__deepcopy__(self, memo)
+        return TracedTeacher(plain, plain.graph, self.feature_module_name, self.class_name)
+
+    def __copy__(self) -> TracedTeacher:
+        plain = fx.GraphModule.__copy__(self)
         return TracedTeacher(plain, plain.graph, self.feature_module_name, self.class_name)
 
 
