@@ -126,6 +126,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # a worker: the controller planned
     opts = _options(config)
     try:
+        if opts.fast is not None:  # a capture the device cannot run fails here, not once per case
+            from intraq.device import pick_device
+            from intraq.fast.settings import fast_settings_for
+
+            fast_settings_for(pick_device(opts.device), opts.fast)
         check_results_version(opts.results, opts.profile)
         deadline_s = parse_duration(config.getoption("deadline"))
         needed = needed_cells(claim_verdicts(opts.results, opts.profile))

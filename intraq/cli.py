@@ -147,8 +147,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from intraq.teacher.load import get_teacher
 
     fast = fast_settings_for(device, args.fast)
-    if fast is not None and fast.numeric is not None:
-        fast.numeric.apply()
     paths = RunPaths.default(args.artifacts)
     data = build_data(cfg.data)
     teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress=not args.quiet)
@@ -298,6 +296,10 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     profile = resolve_profile(args.profile)
     table, _, cell = args.cell.partition("/")
+    if not table or not cell:
+        raise UserInputError(f"--cell {args.cell!r}: give TABLE/CELL, e.g. main_cifar10/w4a4")
+    if not args.within >= 0:  # also NaN
+        raise UserInputError(f"--within {args.within}: give a margin in points, >= 0 (e.g. 0.3)")
     results = Path(args.results)
     curves = load_curves(results, profile, (table, cell))
     if not curves:
@@ -308,11 +310,23 @@ def cmd_curve(args: argparse.Namespace) -> int:
           "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
     cuts = [stage2_cut(c, args.within) for c in curves]
     for c in cuts:
+        stays = f"stays there from epoch {c.stays}" if c.stays is not None else "ends below it"
         print(f"  seed {c.seed}: best {c.best:.2f} at epoch {c.best_epoch} of 0..{c.last_epoch}; reaches best − "
-              f"{c.within:g} at epoch {c.reaches}; stays there from epoch {c.stays}")
-    reaches, stays = max(c.reaches for c in cuts), max(c.stays for c in cuts)
-    print(f"cut for the best-epoch metric: finetune.epochs = {reaches + 1}; for the final-epoch metric too: "
-          f"finetune.epochs = {stays + 1} (over {len(cuts)} seed{'s' if len(cuts) != 1 else ''}, the latest)")
+              f"{c.within:g} at epoch {c.reaches}; {stays}")
+    # Stage 2 needs at least one epoch after calibration (finetune.epochs > calib_epochs).
+    least = max(c.calibration_epochs for c in curves) + 1
+
+    def epochs(last: int) -> str:
+        return f"finetune.epochs = {max(last + 1, least)}" + (" (calibration alone reaches it)" if last + 1 < least
+                                                               else "")
+
+    seeds = f"over {len(cuts)} seed{'s' if len(cuts) != 1 else ''}, the latest"
+    print(f"cut for the best-epoch metric: {epochs(max(c.reaches for c in cuts))} ({seeds})")
+    if all(c.stays is not None for c in cuts):
+        print(f"cut for the final-epoch metric too: {epochs(max(c.stays for c in cuts))} ({seeds})")
+    else:
+        print("no cut keeps the final-epoch metric: a curve ends below the margin (its final epoch is not its "
+              "plateau); compare best epochs")
     return 0
 
 
@@ -325,6 +339,15 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
     args.profile = resolve_profile(args.profile)
     get_profile(args.profile)  # an unknown profile fails before anything else
+    if args.fast is not None:  # a bad capture fails here, not once per submitted job
+        from intraq.fast.settings import FAST_CHOICES, fast_settings_for
+
+        if args.executor == "local":
+            from intraq.device import pick_device
+
+            fast_settings_for(pick_device(args.device), args.fast)
+        elif args.fast not in FAST_CHOICES:
+            raise UserInputError(f"unknown fast-path capture {args.fast!r}; choose one of {', '.join(FAST_CHOICES)}")
     options = CampaignOptions(
         executor=args.executor, seeds=args.seeds, jobs_per_gpu=args.jobs_per_gpu,
         gpus_per_job=args.gpus_per_job if args.gpus_per_job is not None

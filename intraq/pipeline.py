@@ -135,8 +135,6 @@ def run_case_record(
             "(or pass --force to `intraq run`)"
         )
     started, t0 = now_utc(), time.perf_counter()
-    if fast_settings is not None and fast_settings.numeric is not None:
-        fast_settings.numeric.apply()  # process-wide TF32/cuDNN flags, recorded with the fast path's records
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
 

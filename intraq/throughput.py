@@ -226,7 +226,8 @@ def measure_generation_fast(
             draws = [draw_batch(seed, k, batch, 3, image_size, num_classes, settings) for seed in range(runs)]
             _sync(device)
             tic = time.perf_counter()
-            optimizer.optimize(draws, [None] * runs)
+            with fast.numeric_applied():
+                optimizer.optimize(draws, [None] * runs)
             _sync(device)
             seconds = time.perf_counter() - tic
     finally:

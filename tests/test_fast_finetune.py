@@ -176,7 +176,8 @@ def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_
     return results, runs
 
 
-@pytest.mark.parametrize("stop_after", [0, 1, 3], ids=["in-calibration", "after-calibration", "mid-fine-tuning"])
+@pytest.mark.parametrize("stop_after", [0, 1, 3, 5],
+                         ids=["in-calibration", "after-calibration", "mid-fine-tuning", "after-the-last-epoch"])
 @pytest.mark.parametrize("seeds", [[5], [5, 6]], ids=["one-run", "two-stacked"])
 def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_path, stop_after, seeds):
     _, teacher, test_x, test_y = setting
@@ -191,7 +192,8 @@ def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_p
         assert other.history == one.history  # losses and accuracies bit for bit
         for (name, a), b in zip(run_a.student.state_dict().items(), run_b.student.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
-        assert [s["first_epoch"] for s in other.sittings] == [0, stop_after + 1]
+        assert [s["first_epoch"] for s in other.sittings] == [0, stop_after + 1][:1 + (stop_after < 5)]
+        assert all(s["fast"]["capture"] == "none" for s in other.sittings)
 
 
 def test_a_fast_checkpoint_of_other_runs_is_refused(setting, tmp_path):
@@ -204,3 +206,17 @@ def test_a_fast_checkpoint_of_other_runs_is_refused(setting, tmp_path):
     with pytest.raises(UserInputError, match="seeds \\[6\\].*delete it"):
         finetune_fast(fast_runs(teacher, [make_set(1)], [6], cfg), copy.deepcopy(teacher), test_x, test_y,
                       torch.device("cpu"), progress=False, checkpoint_path=checkpoint)
+
+
+def test_the_fast_paths_numeric_flags_hold_inside_its_loops_only(setting):
+    from intraq.fast.settings import NumericSettings
+
+    _, teacher, test_x, test_y = setting
+    cfg = FinetuneConfig(**{**CFG.__dict__, "epochs": 2, "iters_per_epoch": 2})
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    fast = FastSettings(numeric=NumericSettings(allow_tf32_matmul=not before[0], cudnn_benchmark=not before[1]))
+    (result,) = finetune_fast(fast_runs(teacher, [make_set(1)], [5], cfg), copy.deepcopy(teacher), test_x, test_y,
+                              torch.device("cpu"), fast, progress=False)
+    numeric = result.fast["numeric"]
+    assert (numeric["allow_tf32_matmul"], numeric["cudnn_benchmark"]) == (not before[0], not before[1])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == before  # restored

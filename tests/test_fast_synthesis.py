@@ -168,3 +168,31 @@ def test_fast_generation_of_a_method_without_one_says_so_and_runs_the_reference(
     out = generate(ctx, "adi")
     assert "method 'adi' has no fast image generation" in capsys.readouterr().err
     assert out.meta["batches_by_path"] == {"fast": 0, "reference": 1}
+
+
+def test_fast_generation_leaves_the_teacher_as_it_found_it_and_never_drops_a_reference_checkpoint(
+        setting, tmp_path, monkeypatch):
+    from intraq.errors import UserInputError
+    from intraq.fast.synthesis import FastBatchMaker
+    from intraq.synthesis.driver import partial_path
+    from intraq.synthesis.intraq import cache_key, set_folder
+
+    data, teacher = setting
+    cfg = RunConfig(synth=SynthConfig(num_images=32, batch_size=16, iterations=2), seed=2)
+    ctx = fast_ctx(data, teacher, cfg, tmp_path)
+    ctx.teacher.requires_grad_(True)
+    monkeypatch.setattr(FastBatchMaker, "__call__", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        generate(ctx, "intraq")
+    monkeypatch.undo()
+    assert all(p.requires_grad for p in ctx.teacher.parameters())
+    assert not any(m._forward_hooks for m in ctx.teacher.modules())  # BNS and feature hooks removed
+    # A batch that the reference path left half-done is refused, not redone (its file stays).
+    settings = effective_synth_settings(cfg, data.name, "intraq")
+    folder = set_folder(tmp_path, "intraq", cache_key(ctx, "intraq", settings), settings.lor)
+    waiting = partial_path(folder, 0, 16)
+    waiting.parent.mkdir(parents=True, exist_ok=True)
+    waiting.write_bytes(b"half a batch")
+    with pytest.raises(UserInputError, match="run without --fast to finish it"):
+        generate(fast_ctx(data, teacher, cfg, tmp_path), "intraq")
+    assert waiting.read_bytes() == b"half a batch"

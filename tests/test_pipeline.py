@@ -167,3 +167,11 @@ def test_a_method_without_a_fast_path_says_so(paths, tiny_overrides, capsys):
     cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=squant"])
     run_case(cfg, paths, progress=False, fast="auto")
     assert "method 'squant' has none; it runs on the reference path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_campaign_refuses_a_bad_fast_capture_before_submitting(tmp_path, capsys, executor):
+    code = main(["campaign", "--profile", "smoke", "--executor", executor, "--fast", "graphs", "--results",
+                 str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")])
+    assert code == 2 and "unknown fast-path capture 'graphs'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing submitted, no job folder

@@ -446,8 +446,11 @@ def test_stage2_cut_reaches_and_stays_within_the_margin() -> None:
     assert cut.stays == 4  # epoch 3 (86.2) is the last one below 86.7
     flat = stage2_cut(_curve([50.0, 50.0, 50.0]), within=0.0)
     assert (flat.best_epoch, flat.reaches, flat.stays) == (2, 0, 0)  # ties for best go to the later epoch
-    with pytest.raises(ValueError, match="within"):
-        stage2_cut(_curve([1.0]), within=-1)
+    declining = stage2_cut(_curve([50.0, 87.0, 86.0, 85.0]), within=0.3)
+    assert (declining.reaches, declining.stays) == (1, None)  # it ends below the margin: no final-epoch cut
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="within"):
+            stage2_cut(_curve([1.0]), within=bad)
 
 
 def test_cli_curve_prints_the_cut_and_names_the_fix_without_records(tmp_path: Path, capsys) -> None:
@@ -455,3 +458,7 @@ def test_cli_curve_prints_the_cut_and_names_the_fix_without_records(tmp_path: Pa
 
     assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 2
     assert "pytest bench -k \"main_cifar10 and w4a4\" --profile smoke" in capsys.readouterr().err
+    assert main(["curve", "--cell", "main_cifar10", "--results", str(tmp_path)]) == 2
+    assert "TABLE/CELL" in capsys.readouterr().err
+    assert main(["curve", "--within", "-1", "--results", str(tmp_path)]) == 2
+    assert "--within -1" in capsys.readouterr().err

@@ -203,12 +203,21 @@ def finetune_fast(
     """Calibrate and KD-fine-tune every run; `test_images` are normalized float tensors (moved to the device).
 
     `on_epoch(epoch)` is called after each epoch, once it is checkpointed (the benchmark uses it to time and cut
-    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there."""
+    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there. The numeric flags of
+    `fast` hold for the call only."""
     fast = fast or FastSettings()
     fast.check_device(device)
-    if fast.numeric is not None:
-        fast.numeric.apply()
     check_stackable(runs)
+    with fast.numeric_applied():
+        return _finetune_fast(runs, teacher, test_images, test_labels, device, fast, progress, on_epoch,
+                              checkpoint_path)
+
+
+def _finetune_fast(
+    runs: list[FinetuneRun], teacher: nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor,
+    device: torch.device, fast: FastSettings, progress: bool, on_epoch: Callable[[int], None] | None,
+    checkpoint_path: Path | None,
+) -> list[FastFinetuneResult]:
     cfg, r = runs[0].cfg, len(runs)
     memory_format = torch.channels_last if fast.channels_last else torch.contiguous_format
     teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
@@ -238,15 +247,14 @@ def finetune_fast(
         _set_rng_state(generators, samplers, blob["rng"])
         histories, seconds, alive, sittings = blob["histories"], blob["seconds"], blob["alive"], blob["sittings"]
         start = blob["epoch"] + 1 if any(alive) else cfg.epochs  # all diverged: nothing left to run
-    if start < cfg.epochs:
-        sittings.append({**sitting(device), "first_epoch": start})
+    if start < cfg.epochs:  # each sitting with its own fast settings: a resumed run may capture otherwise
+        sittings.append({**sitting(device), "first_epoch": start, "fast": fast.record()})
     bar = tqdm(total=cfg.epochs * cfg.iters_per_epoch, initial=start * cfg.iters_per_epoch,
                desc=f"fine-tune x{r} (fast)", disable=not progress)
 
     def save(epoch: int, students_state: list[dict], momentum: list[torch.Tensor] | None, rng: list[dict]) -> None:
         """Everything a resumed call needs after `epoch` (`rng`: the draws' state before the next epoch's)."""
-        if checkpoint_path is None:
-            return
+        assert checkpoint_path is not None
         state = {"kind": "fast-finetune", "seeds": [run.seed for run in runs], "epoch": epoch,
                  "students": students_state, "momentum": momentum, "rng": rng,
                  "calibration": [run.calibration.state_dict() for run in runs], "histories": histories,
@@ -283,7 +291,8 @@ def finetune_fast(
         for h in histories:
             h.append({"epoch": epoch, "phase": "calibration"})
         evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
-        save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
+        if checkpoint_path is not None:
+            save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
         if on_epoch is not None:
             on_epoch(epoch)
 
@@ -361,8 +370,8 @@ def finetune_fast(
             if alive[i] and histories[i][-1].get("diverged"):
                 alive[i] = False  # a diverged run stops here (its NaN weights cannot touch the other runs)
                 bar.write(f"run {i}: fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping it")
-        momentum = [b.detach().clone() for b in momentum_buffers]
-        save(epoch, stack.unstack(), momentum, rng_next)
+        if checkpoint_path is not None:
+            save(epoch, stack.unstack(), [b.detach().clone() for b in momentum_buffers], rng_next)
         if on_epoch is not None:
             on_epoch(epoch)
         if not any(alive):

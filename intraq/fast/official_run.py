@@ -75,7 +75,8 @@ def time_generation(runs: int, device: torch.device, fast: FastSettings, iterati
                                                      torch.ones(batch, device=device))] * runs
             _sync(device)
             tic = time.perf_counter()
-            optimizer.optimize(draws, centers)
+            with fast.numeric_applied():  # as the pipeline's fast generation runs (finetune_fast does the same)
+                optimizer.optimize(draws, centers)
             _sync(device)
             times.append(time.perf_counter() - tic)
     finally:

@@ -7,6 +7,8 @@ convolutions (cuDNN's default since torch 1.7) and on for matmuls (torch < 1.12 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -29,6 +31,18 @@ class NumericSettings:
         torch.backends.cudnn.allow_tf32 = self.allow_tf32_cudnn
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cudnn.deterministic = self.cudnn_deterministic
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The flags for the duration of the block, then the process's own again: what runs outside the fast
+        loops (the reference path, a teacher's training) keeps torch's flags, as its records say."""
+        saved = NumericSettings(bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32),
+                                bool(torch.backends.cudnn.benchmark), bool(torch.backends.cudnn.deterministic))
+        self.apply()
+        try:
+            yield
+        finally:
+            saved.apply()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +81,10 @@ class FastSettings:
             raise ValueError(f"unknown capture {self.capture!r}; choose one of {', '.join(CAPTURE_MODES)}")
         if self.read_every < 1:
             raise ValueError(f"read_every must be >= 1, got {self.read_every}")
+
+    def numeric_applied(self) -> AbstractContextManager[None]:
+        """`numeric.applied()`, or nothing when the settings leave the flags as they are."""
+        return self.numeric.applied() if self.numeric is not None else nullcontext()
 
     def check_device(self, device: torch.device) -> None:
         if self.capture == "cudagraph" and device.type != "cuda":

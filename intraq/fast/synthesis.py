@@ -269,8 +269,9 @@ class FastBatchMaker:
             self.optimizers[size] = StackedBatchOptimizer(self.teacher, self.settings, 1, size, self.shape,
                                                           self.device, self.fast)
         draws = draw_batch(self.seed, index, size, self.shape[0], self.shape[1], self.num_classes, self.settings)
-        ((images, record),) = self.optimizers[size].optimize(
-            [draws], [centers_for(centers, draws.labels, self.device)], on_iteration=on_iteration)
+        with self.fast.numeric_applied():  # the fast flags for this batch only (its record reads them inside)
+            ((images, record),) = self.optimizers[size].optimize(
+                [draws], [centers_for(centers, draws.labels, self.device)], on_iteration=on_iteration)
         record.update(batch=index, size=size, seed=batch_seed(self.seed, index))
         return images, draws.labels, record
 

@@ -98,27 +98,28 @@ class StageTwoCut:
     """Where one run's curve comes within `within` points of its best (issue 17: a shorter stage 2 that keeps
     the result). `reaches`: the first evaluated epoch at or above best − within, so the best epoch of a run cut
     there is within `within` of the full run's best; `stays`: the first from which no later evaluated epoch
-    falls below it, so the final epoch of a run cut anywhere after it is too. Epochs count from 0 with the
-    calibration epochs first, as the records' history; a cut at epoch e keeps e + 1 epochs (`finetune.epochs`)."""
+    falls below it, so the final epoch of a run cut anywhere after it is too (None: the last evaluated epoch is
+    below it, the curve ends lower). Epochs count from 0 with the calibration epochs first, as the records'
+    history; a cut at epoch e keeps e + 1 epochs (`finetune.epochs`)."""
 
     seed: int
     best: float
     best_epoch: int
     reaches: int
-    stays: int
+    stays: int | None
     last_epoch: int
     within: float
 
 
 def stage2_cut(curve: Curve, within: float = 0.3) -> StageTwoCut:
     """The cut epochs of one curve (see `StageTwoCut`)."""
-    if within < 0:
+    if not within >= 0:  # also NaN
         raise ValueError(f"within must be >= 0 points, got {within}")
     best = max(curve.accuracy)
     best_epoch = max(e for e, a in zip(curve.epochs, curve.accuracy, strict=True) if a == best)  # ties: later
     floor = best - within
     reaches = next(e for e, a in zip(curve.epochs, curve.accuracy, strict=True) if a >= floor)
-    stays = curve.epochs[-1]
+    stays = None
     for e, a in reversed(list(zip(curve.epochs, curve.accuracy, strict=True))):
         if a < floor:
             break

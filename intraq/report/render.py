@@ -243,7 +243,8 @@ def cell_machines(rows: pd.DataFrame) -> str:
         mixed_threads = group["threads"].astype(str).nunique() > 1
         seeds = []
         for _, r in group.iterrows():
-            notes = [f"{r['threads']} thread{'' if r['threads'] == 1 else 's'}"] if mixed_threads else []
+            threads = "?" if pd.isna(r["threads"]) else int(r["threads"])
+            notes = [f"{threads} thread{'' if threads == 1 else 's'}"] if mixed_threads else []
             notes += [f"{r['path']} path"] if r["path"] != "reference" else []
             seeds.append(str(int(r["seed"])) + (f" [{', '.join(notes)}]" if notes else ""))
         parts.append(f"{machine} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})")

@@ -199,6 +199,9 @@ def _fast_batch_maker(ctx: SynthContext, method: str, settings: SynthSettings): 
         return None
     from intraq.fast.synthesis import FastBatchMaker
 
+    if ctx.compile:
+        tqdm.write("fast path: --compile does not apply to its image generation (choose its capture with --fast "
+                   "CAPTURE, e.g. --fast compile)", file=sys.stderr)
     data = ctx.data
     return FastBatchMaker(ctx.teacher, settings, ctx.cfg.seed, (data.channels, data.image_size, data.image_size),
                           data.num_classes, ctx.device, ctx.fast)
@@ -234,6 +237,11 @@ def generate(ctx: SynthContext, method: str | None = None) -> SyntheticSet:
             return _optimize_batch(ctx, settings, k, size, centers, checkpoint, bar)
     else:
         def make(k: int, size: int, checkpoint: BatchCheckpoint, bar: tqdm) -> tuple:
+            if checkpoint.path.exists():  # the fast path cannot continue it, and must not throw it away
+                raise UserInputError(
+                    f"{checkpoint.path} holds batch {k} of this set interrupted on the reference path, which the "
+                    "fast path cannot continue: run without --fast to finish it, or delete that file to redo the "
+                    "batch on the fast path")
             return maker(k, size, centers, bar.update)
     try:
         with frozen(ctx.teacher), frozen(ctx.student if method == "adi" else None):

@@ -142,6 +142,8 @@ def train_teacher(
         "wall_seconds": elapsed,
         "machine": platform.platform(),
         "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
     }
     sidecar = save_teacher(model, out_path, info)

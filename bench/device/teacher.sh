@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Train the stronger `cifar10` teacher of issue 14 on a lent GPU, within a time limit, resumable across sessions.
+#
+#   bash bench/device/teacher.sh DATA OUTDIR [SECONDS]   # on the GPU machine, from the repository root
+#   bash bench/device/teacher.sh --dry-run OUTDIR         # anywhere: the same steps, 2 epochs of the digits CNN
+#
+# DATA is the CIFAR-10 JPEG archive, carried with the tree (e.g. artifacts/device/cifar10-jpeg.tar.gz; the machine
+# has no network). Trains ResNet-20 with the project's recipe at TEACHER_EPOCHS (default 200) epochs into
+# resume/teacher-cifar10/resnet20-cifar10-e<EPOCHS>.pt. Training saves its state after every epoch (`.state`
+# beside the checkpoint, about 2 MB): a run stopped by the time limit (SIGTERM, as Ctrl-C: the finished epochs
+# stay) continues from it the next time, on any machine, once that state is committed. OUTDIR receives the state,
+# or, once training has finished, the checkpoint with its sidecar (test top-1, recipe, machine) and checksum, and
+# summary.txt: "teacher finished", "teacher stopped at the time limit" or "teacher failed rc=N".
+set -uo pipefail
+
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+if [[ $DRY -eq 1 && $# -eq 1 ]]; then
+  DATA=""; OUT="$1"; LIMIT="${TEACHER_SECONDS:-300}"
+elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
+  DATA="$1"; OUT="$2"; LIMIT="${3:-480}"
+else
+  echo "usage: bash bench/device/teacher.sh DATA OUTDIR [SECONDS]  |  bash bench/device/teacher.sh --dry-run OUTDIR" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+EPOCHS="${TEACHER_EPOCHS:-200}"
+
+if [[ $DRY -eq 1 ]]; then
+  FOLDER="$OUT/dry-run-teacher"; NAME="digits_cnn-digits-e${TEACHER_EPOCHS:-2}.pt"
+  ARGS=(--profile smoke --set "teacher.train_epochs=${TEACHER_EPOCHS:-2}" --device cpu)
+else
+  if [[ ! -f "$DATA" && ! -d "$DATA" ]]; then
+    echo "teacher.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
+    exit 2
+  fi
+  FOLDER="resume/teacher-cifar10"; NAME="resnet20-cifar10-e$EPOCHS.pt"
+  ARGS=(--profile cifar10 --data-root "$DATA" --set "teacher.train_epochs=$EPOCHS" --device cuda)
+fi
+mkdir -p "$FOLDER"
+CKPT="$FOLDER/$NAME"
+STATE="${CKPT%.pt}.state"
+
+rc=0
+if [[ -f "$CKPT" ]]; then
+  echo "teacher already finished: $CKPT" > "$OUT/summary.txt"
+else
+  timeout --signal=TERM --kill-after=60 "$LIMIT" "$PY" -m intraq.cli teacher train "${ARGS[@]}" --quiet \
+    --out "$CKPT" > "$OUT/teacher.log" 2>&1 || rc=$?
+  tail -n 5 "$OUT/teacher.log"
+  if [[ $rc -eq 0 ]]; then
+    echo "teacher finished" > "$OUT/summary.txt"
+  elif [[ $rc -eq 124 || $rc -eq 130 || $rc -eq 137 ]]; then
+    echo "teacher stopped at the time limit (${LIMIT}s); its state resumes it" > "$OUT/summary.txt"; rc=0
+  else
+    echo "teacher failed rc=$rc" > "$OUT/summary.txt"
+  fi
+fi
+for f in "$CKPT" "$CKPT.sha256" "${CKPT%.pt}.json" "$STATE" "$STATE.sha256"; do
+  [[ -f "$f" ]] && cp "$f" "$OUT/"
+done
+cat "$OUT/summary.txt"
+exit $rc
