@@ -51,3 +51,23 @@ def test_device_script_needs_an_output_folder():
 def test_equality_verdicts_follow_the_tolerances(gap, ok):
     report = {"finetune": {"none": {"max_rel_loss_gap": gap, "max_acc_gap_points": 0.0}, "compile": {"error": "x"}}}
     assert verdicts(report, loose=False) == {"finetune-none": ok, "finetune-compile": False}
+
+
+def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "bench/device/teacher.sh")
+    proc = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "summary.txt").read_text().strip() == "teacher finished"
+    sidecar = json.loads((tmp_path / "digits_cnn-digits-e2.json").read_text())
+    assert sidecar["recipe"]["train_epochs"] == 2 and sidecar["torch"] and "test_top1" in sidecar
+    again = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "already finished" in (tmp_path / "summary.txt").read_text()
+
+
+def test_teacher_script_needs_data_on_the_device(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/teacher.sh"), str(tmp_path / "nope.tar.gz"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "no CIFAR-10 data" in proc.stderr
