@@ -156,19 +156,21 @@ def test_cudagraph_capture_is_refused_on_the_cpu():
         FastSettings(capture="graphs")
 
 
-class StopAfter(Exception):
-    """Stands in for Ctrl-C / SIGTERM after a given epoch (raised once that epoch is checkpointed)."""
+class Crash(Exception):
+    """A failure that is no interrupt: only what was written periodically stands."""
 
 
-def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_after):
+def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_after, how=KeyboardInterrupt):
+    """Stop after epoch `stop_after`: by Ctrl-C (the epoch is written then, though the 60 s between writes have
+    not passed), or by a crash with a write after every epoch (`checkpoint_seconds=0`)."""
     def on_epoch(epoch):
         if epoch == stop_after:
-            raise StopAfter
+            raise how
 
-    with pytest.raises(StopAfter):
+    with pytest.raises(how):
         finetune_fast(fast_runs(teacher, sets, seeds, cfg), copy.deepcopy(teacher), test_x, test_y,
                       torch.device("cpu"), FastSettings(), progress=False, on_epoch=on_epoch,
-                      checkpoint_path=checkpoint)
+                      checkpoint_path=checkpoint, checkpoint_seconds=0.0 if how is Crash else 60.0)
     assert checkpoint.exists()
     runs = fast_runs(teacher, sets, seeds, cfg)  # a new process: fresh students and calibration sources
     results = finetune_fast(runs, copy.deepcopy(teacher), test_x, test_y, torch.device("cpu"), FastSettings(),
@@ -178,8 +180,9 @@ def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_
 
 @pytest.mark.parametrize("stop_after", [0, 1, 3, 5],
                          ids=["in-calibration", "after-calibration", "mid-fine-tuning", "after-the-last-epoch"])
-@pytest.mark.parametrize("seeds", [[5], [5, 6]], ids=["one-run", "two-stacked"])
-def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_path, stop_after, seeds):
+@pytest.mark.parametrize("seeds, how", [([5], KeyboardInterrupt), ([5, 6], KeyboardInterrupt), ([5], Crash)],
+                         ids=["one-run", "two-stacked", "one-run-crash"])
+def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_path, stop_after, seeds, how):
     _, teacher, test_x, test_y = setting
     cfg = FinetuneConfig(**{**CFG.__dict__, "epochs": 6, "calib_epochs": 2, "iters_per_epoch": 5,
                             "lr_steps": (4,)})
@@ -187,7 +190,7 @@ def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_p
     whole_runs = fast_runs(teacher, sets, seeds, cfg)
     whole = finetune_fast(whole_runs, copy.deepcopy(teacher), test_x, test_y, torch.device("cpu"), FastSettings(),
                           progress=False)
-    resumed, runs = run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, tmp_path / "ft.pt", stop_after)
+    resumed, runs = run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, tmp_path / "ft.pt", stop_after, how)
     for one, other, run_a, run_b in zip(whole, resumed, whole_runs, runs, strict=True):
         assert other.history == one.history  # losses and accuracies bit for bit
         for (name, a), b in zip(run_a.student.state_dict().items(), run_b.student.state_dict().values(), strict=True):

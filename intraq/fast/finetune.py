@@ -10,16 +10,18 @@ captured once (`FastSettings.capture`); with R > 1 runs, the students are stacke
 (`torch.func.stack_module_state`) and stepped with `vmap` + `functional_call`, the teacher runs once on all R
 batches. A stacked run equals the same run alone up to float reordering (tests/test_fast_finetune.py).
 
-With `checkpoint_path`, every finished epoch is saved atomically (students, momentum, the generators as they
-were before the next epoch's draws, histories), and a later call continues after it with the same result as an
-uninterrupted run; the epoch is the unit (a GPU epoch takes about a second).
+With `checkpoint_path`, every finished epoch's state (students, momentum, the generators as they were before the
+next epoch's draws, histories) is kept as device copies and written atomically at most every `checkpoint_seconds`
+and on Ctrl-C/SIGTERM, and a later call continues after the last written epoch with the same result as an
+uninterrupted run (an official CIFAR-10 epoch takes about a second on a GPU: a write per epoch would cost more).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,37 @@ def load_checkpoint(path: Path | None, runs: list[FinetuneRun]) -> dict[str, Any
     return blob
 
 
+class EpochSnapshots:
+    """The latest finished epoch's state, written to `path` at most every `every_seconds` and on an interrupt."""
+
+    def __init__(self, path: Path | None, every_seconds: float) -> None:
+        self.path, self.every_seconds = path, every_seconds
+        self.latest: dict[str, Any] | None = None
+        self.written: dict[str, Any] | None = None
+        self.last_write = time.monotonic()
+
+    def keep(self, state: dict[str, Any]) -> None:
+        """`state` must be the caller's own copies (it is written later, after more steps)."""
+        self.latest = state
+        if time.monotonic() - self.last_write >= self.every_seconds:
+            self.write()
+
+    def write(self) -> None:
+        if self.path is None or self.latest is None or self.latest is self.written:
+            return
+        with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C during its save
+            save_torch(self.latest, self.path)
+        self.written, self.last_write = self.latest, time.monotonic()
+
+    @contextmanager
+    def written_on_interrupt(self) -> Iterator[None]:
+        try:
+            yield
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI: keep the last finished epoch
+            self.write()
+            raise
+
+
 def finetune_fast(
     runs: list[FinetuneRun],
     teacher: nn.Module,
@@ -199,25 +232,27 @@ def finetune_fast(
     progress: bool = True,
     on_epoch: Callable[[int], None] | None = None,
     checkpoint_path: Path | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> list[FastFinetuneResult]:
     """Calibrate and KD-fine-tune every run; `test_images` are normalized float tensors (moved to the device).
 
     `on_epoch(epoch)` is called after each epoch, once it is checkpointed (the benchmark uses it to time and cut
-    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there. The numeric flags of
-    `fast` hold for the call only."""
+    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there (see the module doc for
+    when epochs are written). The numeric flags of `fast` hold for the call only."""
     fast = fast or FastSettings()
     fast.check_device(device)
     check_stackable(runs)
     with fast.numeric_applied():
         return _finetune_fast(runs, teacher, test_images, test_labels, device, fast, progress, on_epoch,
-                              checkpoint_path)
+                              EpochSnapshots(checkpoint_path, checkpoint_seconds))
 
 
 def _finetune_fast(
     runs: list[FinetuneRun], teacher: nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor,
     device: torch.device, fast: FastSettings, progress: bool, on_epoch: Callable[[int], None] | None,
-    checkpoint_path: Path | None,
+    snapshots: EpochSnapshots,
 ) -> list[FastFinetuneResult]:
+    checkpoint_path = snapshots.path
     cfg, r = runs[0].cfg, len(runs)
     memory_format = torch.channels_last if fast.channels_last else torch.contiguous_format
     teacher.eval().requires_grad_(False).to(device=device, memory_format=memory_format)
@@ -253,14 +288,15 @@ def _finetune_fast(
                desc=f"fine-tune x{r} (fast)", disable=not progress)
 
     def save(epoch: int, students_state: list[dict], momentum: list[torch.Tensor] | None, rng: list[dict]) -> None:
-        """Everything a resumed call needs after `epoch` (`rng`: the draws' state before the next epoch's)."""
-        assert checkpoint_path is not None
+        """Everything a resumed call needs after `epoch` (`rng`: the draws' state before the next epoch's), as
+        copies (device tensors stay on the device: no host sync here)."""
         state = {"kind": "fast-finetune", "seeds": [run.seed for run in runs], "epoch": epoch,
-                 "students": students_state, "momentum": momentum, "rng": rng,
-                 "calibration": [run.calibration.state_dict() for run in runs], "histories": histories,
-                 "seconds": seconds, "alive": alive, "sittings": sittings}
-        with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C during its save
-            save_torch(state, checkpoint_path)
+                 "students": [{k: v.detach().clone() for k, v in sd.items()} for sd in students_state],
+                 "momentum": momentum, "rng": rng,
+                 "calibration": copy.deepcopy([run.calibration.state_dict() for run in runs]),
+                 "histories": copy.deepcopy(histories), "seconds": dict(seconds), "alive": list(alive),
+                 "sittings": copy.deepcopy(sittings)}
+        snapshots.keep(state)
 
     def evaluate_into(epoch: int, stack: StudentStack | None, which: list[bool]) -> None:
         """Evaluate (all runs at once) and record the accuracy for the runs whose reference would evaluate now."""
@@ -281,101 +317,102 @@ def _finetune_fast(
         return (epoch == cfg.calib_epochs - 1 or diverged or epoch == cfg.epochs - 1
                 or (epoch + 1) % cfg.eval_every == 0)
 
-    # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards).
-    for epoch in range(start, cfg.calib_epochs):
-        tic = time.perf_counter()
-        for run, student in zip(runs, students, strict=True):
-            calibrate(student, run.calibration, cfg.iters_per_epoch)
-        bar.update(cfg.iters_per_epoch)
-        seconds["calibration"] += time.perf_counter() - tic
-        for h in histories:
-            h.append({"epoch": epoch, "phase": "calibration"})
-        evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
-        if checkpoint_path is not None:
-            save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
-        if on_epoch is not None:
-            on_epoch(epoch)
+    with snapshots.written_on_interrupt():
+        # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards).
+        for epoch in range(start, cfg.calib_epochs):
+            tic = time.perf_counter()
+            for run, student in zip(runs, students, strict=True):
+                calibrate(student, run.calibration, cfg.iters_per_epoch)
+            bar.update(cfg.iters_per_epoch)
+            seconds["calibration"] += time.perf_counter() - tic
+            for h in histories:
+                h.append({"epoch": epoch, "phase": "calibration"})
+            evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
+            if checkpoint_path is not None:
+                save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
+            if on_epoch is not None:
+                on_epoch(epoch)
 
-    stack = StudentStack(students, fast.channels_last)
-    names = list(stack.params)
-    params = [stack.params[k] for k in names]
-    momentum_buffers = [torch.zeros_like(p) for p in params]
-    if blob is not None and blob["momentum"] is not None:
-        with torch.no_grad():
-            for buffer, saved in zip(momentum_buffers, blob["momentum"], strict=True):
-                buffer.copy_(saved)
-    lr = torch.zeros(r, device=device)
-    loss_sum = torch.zeros(r, device=device)
-    runs_index = torch.arange(r, device=device)[:, None]
-    static = {"idx": torch.zeros(r, batch, dtype=torch.long, device=device),
-              "theta": torch.zeros(r, batch, 2, 5, device=device)}
+        stack = StudentStack(students, fast.channels_last)
+        names = list(stack.params)
+        params = [stack.params[k] for k in names]
+        momentum_buffers = [torch.zeros_like(p) for p in params]
+        if blob is not None and blob["momentum"] is not None:
+            with torch.no_grad():
+                for buffer, saved in zip(momentum_buffers, blob["momentum"], strict=True):
+                    buffer.copy_(saved)
+        lr = torch.zeros(r, device=device)
+        loss_sum = torch.zeros(r, device=device)
+        runs_index = torch.arange(r, device=device)[:, None]
+        static = {"idx": torch.zeros(r, batch, dtype=torch.long, device=device),
+                  "theta": torch.zeros(r, batch, 2, 5, device=device)}
 
-    def losses_of(idx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """(R,) KD losses of one step: gather, crop+flip on the device, teacher once, students stacked."""
-        x = images[runs_index, idx].flatten(0, 1)  # (R*B, C, H, W)
-        x = apply_affine(x, theta.flatten(0, 1)).contiguous(memory_format=memory_format)
-        y = labels[runs_index, idx]
-        with torch.no_grad():
-            teacher_logits = teacher(x).unflatten(0, (r, batch))
-        student_logits = stack.forward(x.unflatten(0, (r, batch)))
-        return torch.stack([kd_loss_intraq(student_logits[i], teacher_logits[i], y[i], cfg.temperature, cfg.alpha)
-                            for i in range(r)])
+        def losses_of(idx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+            """(R,) KD losses of one step: gather, crop+flip on the device, teacher once, students stacked."""
+            x = images[runs_index, idx].flatten(0, 1)  # (R*B, C, H, W)
+            x = apply_affine(x, theta.flatten(0, 1)).contiguous(memory_format=memory_format)
+            y = labels[runs_index, idx]
+            with torch.no_grad():
+                teacher_logits = teacher(x).unflatten(0, (r, batch))
+            student_logits = stack.forward(x.unflatten(0, (r, batch)))
+            return torch.stack([kd_loss_intraq(student_logits[i], teacher_logits[i], y[i], cfg.temperature, cfg.alpha)
+                                for i in range(r)])
 
-    compute_losses = compile_loss(losses_of, fast.capture, device)
+        compute_losses = compile_loss(losses_of, fast.capture, device)
 
-    def step() -> None:
-        losses = compute_losses(static["idx"], static["theta"])
-        grads = torch.autograd.grad(losses.sum(), params)
-        sgd_step(params, list(grads), momentum_buffers, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov,
-                 stack.stacked)
-        with torch.no_grad():
-            loss_sum.add_(losses.detach())
+        def step() -> None:
+            losses = compute_losses(static["idx"], static["theta"])
+            grads = torch.autograd.grad(losses.sum(), params)
+            sgd_step(params, list(grads), momentum_buffers, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov,
+                     stack.stacked)
+            with torch.no_grad():
+                loss_sum.add_(losses.detach())
 
-    runner = StepRunner(step, static, params + momentum_buffers + [loss_sum], fast.capture)
+        runner = StepRunner(step, static, params + momentum_buffers + [loss_sum], fast.capture)
 
-    def draw() -> tuple[torch.Tensor, torch.Tensor]:
-        drawn = [epoch_schedule(s, g, cfg.iters_per_epoch, height, width, lor)
-                 for s, g in zip(samplers, generators, strict=True)]
-        idx = torch.stack([d[0] for d in drawn], dim=1)  # (steps, R, B)
-        theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 5)
-        return to_device(idx, device), to_device(theta, device)
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            drawn = [epoch_schedule(s, g, cfg.iters_per_epoch, height, width, lor)
+                     for s, g in zip(samplers, generators, strict=True)]
+            idx = torch.stack([d[0] for d in drawn], dim=1)  # (steps, R, B)
+            theta = torch.stack([d[1] for d in drawn], dim=1)  # (steps, R, B, 2, 5)
+            return to_device(idx, device), to_device(theta, device)
 
-    first_kd = max(start, cfg.calib_epochs)
-    rng_next = _rng_state(generators, samplers)
-    schedule = draw() if first_kd < cfg.epochs else None
-    for epoch in range(first_kd, cfg.epochs):
-        tic = time.perf_counter()
-        lrs = [multi_step_lr(run.cfg.lr, epoch, run.cfg.lr_steps, run.cfg.lr_decay) for run in runs]
-        lr.copy_(torch.tensor(lrs, dtype=lr.dtype), non_blocking=False)
-        loss_sum.zero_()
-        idx_d, theta_d = schedule
-        for t in range(cfg.iters_per_epoch):
-            runner(idx=idx_d[t], theta=theta_d[t])
-            bar.update()
-        if epoch + 1 < cfg.epochs:
-            rng_next = _rng_state(generators, samplers)
-            schedule = draw()  # the host draws the next epoch while the device works on this one
-        epoch_losses = (loss_sum / cfg.iters_per_epoch).tolist()  # the one host sync of the epoch
-        seconds["finetune"] += time.perf_counter() - tic
-        which = [False] * r
-        for i in range(r):
-            if not alive[i]:
-                continue
-            record = {"epoch": epoch, "phase": "finetune", "lr": lrs[i], "loss": epoch_losses[i]}
-            flag_losses(record, histories[i], ("loss",))
-            histories[i].append(record)
-            which[i] = wants_eval(epoch, record["diverged"])
-        evaluate_into(epoch, stack, which)
-        for i in range(r):
-            if alive[i] and histories[i][-1].get("diverged"):
-                alive[i] = False  # a diverged run stops here (its NaN weights cannot touch the other runs)
-                bar.write(f"run {i}: fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping it")
-        if checkpoint_path is not None:
-            save(epoch, stack.unstack(), [b.detach().clone() for b in momentum_buffers], rng_next)
-        if on_epoch is not None:
-            on_epoch(epoch)
-        if not any(alive):
-            break
+        first_kd = max(start, cfg.calib_epochs)
+        rng_next = _rng_state(generators, samplers)
+        schedule = draw() if first_kd < cfg.epochs else None
+        for epoch in range(first_kd, cfg.epochs):
+            tic = time.perf_counter()
+            lrs = [multi_step_lr(run.cfg.lr, epoch, run.cfg.lr_steps, run.cfg.lr_decay) for run in runs]
+            lr.copy_(torch.tensor(lrs, dtype=lr.dtype), non_blocking=False)
+            loss_sum.zero_()
+            idx_d, theta_d = schedule
+            for t in range(cfg.iters_per_epoch):
+                runner(idx=idx_d[t], theta=theta_d[t])
+                bar.update()
+            if epoch + 1 < cfg.epochs:
+                rng_next = _rng_state(generators, samplers)
+                schedule = draw()  # the host draws the next epoch while the device works on this one
+            epoch_losses = (loss_sum / cfg.iters_per_epoch).tolist()  # the one host sync of the epoch
+            seconds["finetune"] += time.perf_counter() - tic
+            which = [False] * r
+            for i in range(r):
+                if not alive[i]:
+                    continue
+                record = {"epoch": epoch, "phase": "finetune", "lr": lrs[i], "loss": epoch_losses[i]}
+                flag_losses(record, histories[i], ("loss",))
+                histories[i].append(record)
+                which[i] = wants_eval(epoch, record["diverged"])
+            evaluate_into(epoch, stack, which)
+            for i in range(r):
+                if alive[i] and histories[i][-1].get("diverged"):
+                    alive[i] = False  # a diverged run stops here (its NaN weights cannot touch the other runs)
+                    bar.write(f"run {i}: fine-tuning diverged at epoch {epoch} (non-finite KD loss); stopping it")
+            if checkpoint_path is not None:
+                save(epoch, stack.unstack(), [b.detach().clone() for b in momentum_buffers], rng_next)
+            if on_epoch is not None:
+                on_epoch(epoch)
+            if not any(alive):
+                break
     bar.close()
     if stack.stacked:  # hand the trained weights back to the callers' students
         for student, state in zip(students, stack.unstack(), strict=True):
