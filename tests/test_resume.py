@@ -199,9 +199,12 @@ def test_finetune_interrupted_in_calibration_resumes_exactly(tmp_path, source):
     straight_student, straight = run(tmp_path / "straight.pt")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed.pt", interrupt_at=5)  # student forward 5: calibration epoch 1, step 2
-    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["epoch"] == 0
+    waiting = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert waiting["epoch"] == 0 and "calibration" in waiting
     student, resumed = run(tmp_path / "resumed.pt")
     assert resumed.history == straight.history and _same_state(student, straight_student)
+    # Once calibration is over its source's state is never needed again, and checkpoints leave it out.
+    assert "calibration" not in torch.load(tmp_path / "straight.pt", weights_only=True)
 
 
 def test_explosion_is_flagged_without_stopping(tmp_path):
