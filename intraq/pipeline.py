@@ -94,6 +94,16 @@ def _refuse_other_data(stored: RunRecord, identity: str, path: Path) -> None:
         )
 
 
+def _drop_stale_checkpoints(run_dir: Path, record: Path) -> None:
+    """A stage-2 checkpoint older than the stored record is the finished run's own (the run was stopped between
+    writing its record and deleting it): a forced re-run must not resume from it. One newer than the record
+    belongs to an interrupted forced re-run, which the same command resumes."""
+    for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
+        path = run_dir / checkpoint
+        if path.exists() and path.stat().st_mtime <= record.stat().st_mtime:
+            remove_artifact(path)
+
+
 def run_case_record(
     cfg: RunConfig,
     paths: RunPaths | None = None,
@@ -134,6 +144,9 @@ def run_case_record(
             "--config file) or its own --results folder so the two never mix, or, to replace it, delete that file "
             "(or pass --force to `intraq run`)"
         )
+    run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
+    if stored is not None:
+        _drop_stale_checkpoints(run_dir, out)
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
@@ -147,7 +160,6 @@ def run_case_record(
     def test_accuracy(model: nn.Module) -> float:
         return evaluate(model, data.test, cfg.finetune.eval_batch_size, device)
 
-    run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     outcome = method.run(MethodContext(
         cfg=cfg, data=data, teacher=teacher, device=device, paths=paths, run_dir=run_dir,
         test_accuracy=test_accuracy, progress=progress, compile=compile, fast=fast_settings,

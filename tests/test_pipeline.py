@@ -175,3 +175,18 @@ def test_campaign_refuses_a_bad_fast_capture_before_submitting(tmp_path, capsys,
                  str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")])
     assert code == 2 and "unknown fast-path capture 'graphs'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # nothing submitted, no job folder
+
+
+def test_a_forced_rerun_never_resumes_the_finished_runs_own_checkpoint(paths, tiny_overrides):
+    """A checkpoint older than the stored record (left when a run stopped between writing its record and deleting
+    it) is dropped by --force; one newer than the record (an interrupted forced re-run) is kept for resuming."""
+    import os
+
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=real"])
+    record = run_case(cfg, paths, progress=False)
+    stored = paths.results / "smoke" / f"{record['case']}-seed0.json"
+    stale = paths.artifacts / "runs" / f"{record['case']}-seed0" / "finetune.pt"
+    stale.write_bytes(b"not a checkpoint: loading it would fail")
+    os.utime(stale, (stored.stat().st_mtime - 10,) * 2)
+    again = run_case(cfg, paths, progress=False, force=True)  # would fail loading the junk if it resumed
+    assert again["finished"] != record["finished"] and not stale.exists()
