@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import intraq
-from intraq.artifacts import artifacts_root, remove_artifact
+from intraq.artifacts import artifacts_root, load_torch, remove_artifact
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
@@ -94,13 +94,22 @@ def _refuse_other_data(stored: RunRecord, identity: str, path: Path) -> None:
         )
 
 
-def _drop_stale_checkpoints(run_dir: Path, record: Path) -> None:
-    """A stage-2 checkpoint older than the stored record is the finished run's own (the run was stopped between
-    writing its record and deleting it): a forced re-run must not resume from it. One newer than the record
-    belongs to an interrupted forced re-run, which the same command resumes."""
+def _drop_stale_checkpoints(run_dir: Path, stored: RunRecord) -> None:
+    """A stage-2 checkpoint of the stored record's own run (left when it stopped between writing its record and
+    deleting it: same first sitting) must not be resumed by a forced re-run; any other one (an interrupted forced
+    re-run) is kept, and the same command resumes it. Decided by content, not file times (copies reset them)."""
+    first = (stored.extras.get("finetune_sittings") or [None])[0]
+    if first is None:
+        return
     for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
         path = run_dir / checkpoint
-        if path.exists() and path.stat().st_mtime <= record.stat().st_mtime:
+        if not path.exists():
+            continue
+        try:
+            blob = load_torch(path)
+        except UserInputError:
+            continue  # unreadable: the resume names the fix
+        if isinstance(blob, dict) and (blob.get("sittings") or [None])[0] == first:
             remove_artifact(path)
 
 
@@ -146,7 +155,7 @@ def run_case_record(
         )
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     if stored is not None:
-        _drop_stale_checkpoints(run_dir, out)
+        _drop_stale_checkpoints(run_dir, stored)
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)

@@ -178,15 +178,29 @@ def test_campaign_refuses_a_bad_fast_capture_before_submitting(tmp_path, capsys,
 
 
 def test_a_forced_rerun_never_resumes_the_finished_runs_own_checkpoint(paths, tiny_overrides):
-    """A checkpoint older than the stored record (left when a run stopped between writing its record and deleting
-    it) is dropped by --force; one newer than the record (an interrupted forced re-run) is kept for resuming."""
-    import os
+    """A checkpoint of the stored record's own run (left when it stopped between writing its record and deleting
+    it) is dropped by --force instead of resumed: resuming this one would fail (no student in it)."""
+    from intraq.artifacts import save_torch
 
     cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=real"])
     record = run_case(cfg, paths, progress=False)
-    stored = paths.results / "smoke" / f"{record['case']}-seed0.json"
     stale = paths.artifacts / "runs" / f"{record['case']}-seed0" / "finetune.pt"
-    stale.write_bytes(b"not a checkpoint: loading it would fail")
-    os.utime(stale, (stored.stat().st_mtime - 10,) * 2)
-    again = run_case(cfg, paths, progress=False, force=True)  # would fail loading the junk if it resumed
-    assert again["finished"] != record["finished"] and not stale.exists()
+    save_torch({"sittings": record["finetune_sittings"], "epoch": 1}, stale)
+    again = run_case(cfg, paths, progress=False, force=True)
+    assert again["accuracy"]["best_epoch"] > 0
+
+
+def test_only_the_finished_runs_own_checkpoint_is_stale(paths, tiny_overrides):
+    from intraq.artifacts import save_torch
+    from intraq.pipeline import _drop_stale_checkpoints
+    from intraq.results import read_result
+
+    cfg = apply_overrides(get_profile("smoke"), [*tiny_overrides, "synth.method=real"])
+    record = run_case(cfg, paths, progress=False)
+    stored = read_result(paths.results / "smoke" / f"{record['case']}-seed0.json")
+    run_dir = paths.artifacts / "runs" / f"{record['case']}-seed0"
+    own, other = run_dir / "finetune.pt", run_dir / "finetune-fast.pt"
+    save_torch({"sittings": record["finetune_sittings"], "epoch": 1}, own)
+    save_torch({"sittings": [{"started": "an interrupted forced re-run"}], "epoch": 1}, other)
+    _drop_stale_checkpoints(run_dir, stored)
+    assert not own.exists() and other.exists()

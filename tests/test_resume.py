@@ -307,3 +307,30 @@ def test_sigterm_checkpoints_and_exits_like_ctrl_c(tmp_path):
     (partial,) = (tmp_path / "art" / "synthesis").rglob("*.partial.pt")
     assert torch.load(partial, weights_only=True)["iteration"] > 0
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_a_checkpoint_of_older_code_past_calibration_resumes_and_later_ones_stay_small(tmp_path, monkeypatch):
+    """Older code kept the calibration source's state in every checkpoint; resumed at the last calibration epoch,
+    such a checkpoint gives the same run, and the checkpoints written after it leave that state out."""
+    from intraq.artifacts import save_torch
+
+    straight_student, straight = _finetune(tmp_path / "straight.pt")
+    import intraq.finetune.trainer as trainer_mod
+
+    original = trainer_mod.kd_backward
+
+    def interrupting(*args, **kwargs):
+        raise KeyboardInterrupt  # the first fine-tuning step: the checkpoint is the last calibration epoch's
+
+    monkeypatch.setattr(trainer_mod, "kd_backward", interrupting)
+    path = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _finetune(path)
+    monkeypatch.setattr(trainer_mod, "kd_backward", original)
+    blob = torch.load(path, weights_only=True)
+    assert blob["epoch"] == FT.calib_epochs - 1 and "calibration" not in blob
+    blob["calibration"] = _setup()[4].state_dict()  # as older code wrote it
+    save_torch(blob, path)
+    student, resumed = _finetune(path)
+    assert resumed.history == straight.history and _same_state(student, straight_student)
+    assert "calibration" not in torch.load(path, weights_only=True)

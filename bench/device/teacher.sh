@@ -25,6 +25,7 @@ else
 fi
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+if [[ -n "$DATA" && -e "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
@@ -46,6 +47,10 @@ CKPT="$FOLDER/$NAME"
 STATE="${CKPT%.pt}.state"
 
 rc=0
+SIDECAR="${CKPT%.pt}.json"  # written last: a teacher is finished only with it
+if [[ -f "$CKPT" && ! -f "$SIDECAR" ]]; then
+  rm -f "$CKPT" "$CKPT.sha256"  # stopped while saving: its state (kept until the sidecar is written) redoes it
+fi
 if [[ -f "$CKPT" ]]; then
   echo "teacher already finished: $CKPT" > "$OUT/summary.txt"
 else
@@ -54,14 +59,22 @@ else
   tail -n 5 "$OUT/teacher.log"
   if [[ $rc -eq 0 ]]; then
     echo "teacher finished" > "$OUT/summary.txt"
+  elif [[ ( $rc -eq 124 || $rc -eq 130 || $rc -eq 137 ) && -f "$STATE" ]]; then
+    EPOCH=$("$PY" -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['epoch'])" "$STATE" \
+      2>/dev/null || echo "?")
+    echo "teacher stopped at the time limit (${LIMIT}s) after epoch $EPOCH; its state resumes it" \
+      > "$OUT/summary.txt"; rc=0
   elif [[ $rc -eq 124 || $rc -eq 130 || $rc -eq 137 ]]; then
-    echo "teacher stopped at the time limit (${LIMIT}s); its state resumes it" > "$OUT/summary.txt"; rc=0
+    echo "teacher stopped at the time limit (${LIMIT}s) before its first epoch finished: give it more time" \
+      > "$OUT/summary.txt"; rc=1
   else
     echo "teacher failed rc=$rc" > "$OUT/summary.txt"
   fi
 fi
-for f in "$CKPT" "$CKPT.sha256" "${CKPT%.pt}.json" "$STATE" "$STATE.sha256"; do
-  [[ -f "$f" ]] && cp "$f" "$OUT/"
+for f in "$CKPT" "$CKPT.sha256" "$SIDECAR" "$STATE" "$STATE.sha256"; do
+  if [[ -f "$f" ]] && ! cp "$f" "$OUT/"; then
+    echo "could not copy $f to $OUT" >> "$OUT/summary.txt"; rc=1
+  fi
 done
 cat "$OUT/summary.txt"
 exit $rc

@@ -197,21 +197,21 @@ class EpochSnapshots:
     def __init__(self, path: Path | None, every_seconds: float) -> None:
         self.path, self.every_seconds = path, every_seconds
         self.latest: dict[str, Any] | None = None
-        self.written: dict[str, Any] | None = None
+        self.unwritten = False
         self.last_write = time.monotonic()
 
     def keep(self, state: dict[str, Any]) -> None:
         """`state` must be the caller's own copies (it is written later, after more steps)."""
-        self.latest = state
+        self.latest, self.unwritten = state, True
         if time.monotonic() - self.last_write >= self.every_seconds:
             self.write()
 
     def write(self) -> None:
-        if self.path is None or self.latest is None or self.latest is self.written:
+        if self.path is None or not self.unwritten:
             return
         with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C during its save
             save_torch(self.latest, self.path)
-        self.written, self.last_write = self.latest, time.monotonic()
+            self.unwritten, self.last_write = False, time.monotonic()  # before a held signal is delivered
 
     @contextmanager
     def written_on_interrupt(self) -> Iterator[None]:
@@ -236,9 +236,9 @@ def finetune_fast(
 ) -> list[FastFinetuneResult]:
     """Calibrate and KD-fine-tune every run; `test_images` are normalized float tensors (moved to the device).
 
-    `on_epoch(epoch)` is called after each epoch, once it is checkpointed (the benchmark uses it to time and cut
-    runs short). With `checkpoint_path`, a call resumes after the last epoch saved there (see the module doc for
-    when epochs are written). The numeric flags of `fast` hold for the call only."""
+    `on_epoch(epoch)` is called after each epoch, once its state is kept for the checkpoint (the benchmark uses it
+    to time and cut runs short). With `checkpoint_path`, a call resumes after the last epoch saved there (see the
+    module doc for when epochs are written). The numeric flags of `fast` hold for the call only."""
     fast = fast or FastSettings()
     fast.check_device(device)
     check_stackable(runs)
@@ -277,8 +277,9 @@ def _finetune_fast(
     if blob is not None:
         for student, state in zip(students, blob["students"], strict=True):
             student.load_state_dict(state)
-        for run, state in zip(runs, blob["calibration"], strict=True):
-            run.calibration.load_state_dict(state)
+        for run, state in zip(runs, blob["calibration"] or [None] * r, strict=True):
+            if state is not None:
+                run.calibration.load_state_dict(state)
         _set_rng_state(generators, samplers, blob["rng"])
         histories, seconds, alive, sittings = blob["histories"], blob["seconds"], blob["alive"], blob["sittings"]
         start = blob["epoch"] + 1 if any(alive) else cfg.epochs  # all diverged: nothing left to run
@@ -293,7 +294,9 @@ def _finetune_fast(
         state = {"kind": "fast-finetune", "seeds": [run.seed for run in runs], "epoch": epoch,
                  "students": [{k: v.detach().clone() for k, v in sd.items()} for sd in students_state],
                  "momentum": momentum, "rng": rng,
-                 "calibration": copy.deepcopy([run.calibration.state_dict() for run in runs]),
+                 # the calibration sources matter only until calibration is over (GDFQ: a generator + Adam)
+                 "calibration": copy.deepcopy([run.calibration.state_dict() for run in runs])
+                 if epoch < cfg.calib_epochs - 1 else None,
                  "histories": copy.deepcopy(histories), "seconds": dict(seconds), "alive": list(alive),
                  "sittings": copy.deepcopy(sittings)}
         snapshots.keep(state)

@@ -211,7 +211,8 @@ def finetune(
         sampler.order, sampler.pos = blob["sampler_order"], blob["sampler_pos"]
         if "calibration" in blob:  # absent once calibration is over (and in checkpoints of older code)
             calibration.load_state_dict(blob["calibration"])
-        calibration_over[0] = "calibration" not in blob
+        # Over once the checkpoint's epoch is the last calibration epoch or later (older code kept the state anyway).
+        calibration_over[0] = "calibration" not in blob or blob["epoch"] >= cfg.calib_epochs - 1
 
     loop = EpochLoop(
         cfg.epochs, cfg.iters_per_epoch, "fine-tune", checkpoint_path, phases=("calibration", "finetune"),

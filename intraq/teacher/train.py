@@ -21,6 +21,7 @@ from intraq.data.augment import random_crop_flip
 from intraq.data.base import DataSplits, TensorImageDataset
 from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
+from intraq.interrupts import deferred_interrupts
 from intraq.teacher.checkpoint import save_teacher
 from intraq.teacher.models import build_model
 
@@ -119,17 +120,18 @@ def train_teacher(
             loss_sum += loss.detach()
         elapsed += time.perf_counter() - tic
         bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / max(steps_per_epoch, 1):.3f}")
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch,
-                "elapsed": elapsed,
-            },
-            state_path,
-        )
+        with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C/SIGTERM during its save
+            save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                    "elapsed": elapsed,
+                },
+                state_path,
+            )
     model.eval()
     accuracy = evaluate(model, data.test, device=device)
     info = {
@@ -146,6 +148,7 @@ def train_teacher(
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
     }
-    sidecar = save_teacher(model, out_path, info)
-    remove_artifact(state_path)
+    with deferred_interrupts():  # checkpoint, sidecar and the state's removal go together
+        sidecar = save_teacher(model, out_path, info)
+        remove_artifact(state_path)
     return model, sidecar
