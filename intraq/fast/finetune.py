@@ -12,8 +12,9 @@ batches. A stacked run equals the same run alone up to float reordering (tests/t
 
 With `checkpoint_path`, every finished epoch's state (students, momentum, the generators as they were before the
 next epoch's draws, histories) is kept as device copies and written atomically at most every `checkpoint_seconds`
-and on Ctrl-C/SIGTERM, and a later call continues after the last written epoch with the same result as an
-uninterrupted run (an official CIFAR-10 epoch takes about a second on a GPU: a write per epoch would cost more).
+and on Ctrl-C (SIGTERM too through the `intraq` CLI, which turns it into one), and a later call continues after
+the last written epoch with the same result as an uninterrupted run (an official CIFAR-10 epoch takes about a
+second on a GPU: a write per epoch would cost more).
 """
 
 from __future__ import annotations
