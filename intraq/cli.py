@@ -306,6 +306,12 @@ def cmd_curve(args: argparse.Namespace) -> int:
         raise UserInputError(f"no record with a per-epoch history for cell {args.cell} at profile {profile} in "
                              f"{results}: run it (pytest bench -k \"{table} and {cell}\" --profile {profile}), or name "
                              "another --cell or --results")
+    diverged = [c for c in curves if c.diverged_at is not None]
+    if diverged:  # a curve that stopped on a non-finite loss says nothing about where training levels off
+        print(f"{args.cell} at {profile}: no cut: " + "; ".join(
+            f"seed {c.seed} diverged at epoch {c.diverged_at} (non-finite KD loss; the run stopped there)"
+            for c in diverged) + ". A cut needs runs that trained through stage 2.", file=sys.stderr)
+        return 1
     print(f"{args.cell} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
           "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
     cuts = [stage2_cut(c, args.within) for c in curves]

@@ -462,3 +462,16 @@ def test_cli_curve_prints_the_cut_and_names_the_fix_without_records(tmp_path: Pa
     assert "TABLE/CELL" in capsys.readouterr().err
     assert main(["curve", "--within", "-1", "--results", str(tmp_path)]) == 2
     assert "--within -1" in capsys.readouterr().err
+
+
+def test_cli_curve_gives_no_cut_from_a_run_that_diverged(tmp_path: Path, capsys, monkeypatch) -> None:
+    import dataclasses
+
+    import intraq.report.curves as curves
+    from intraq.cli import main
+
+    diverged = dataclasses.replace(_curve([81.8, 82.5, 82.7, 82.6, 10.0]), diverged_at=4)
+    monkeypatch.setattr(curves, "load_curves", lambda *args, **kwargs: [diverged])
+    assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no cut: seed 0 diverged at epoch 4" in err

@@ -32,6 +32,7 @@ class Curve:
     dataset: str | None
     data_identity: str | None
     machine: str
+    diverged_at: int | None = None  # the epoch whose KD loss turned non-finite (the run stopped there)
 
     def same_data(self, other: Curve) -> bool:
         """Same data set: by content identity where both records have one, else by name."""
@@ -69,7 +70,7 @@ def _read_curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
         calibration_epochs=sum(1 for h in history if h.get("phase") == "calibration"),
         best_epoch=record.accuracy.get("best_epoch_index"),
         dataset=(record.config.get("data") or {}).get("name"), data_identity=record.data_identity,
-        machine=machine_class(record.machine),
+        machine=machine_class(record.machine), diverged_at=record.accuracy.get("diverged_at_epoch"),
     )
 
 
