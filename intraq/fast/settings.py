@@ -101,14 +101,21 @@ class FastSettings:
 FAST_CHOICES = ("auto", *CAPTURE_MODES)  # what `--fast` accepts: auto picks the capture for the device
 
 
+def check_fast_mode(mode: str) -> None:
+    """An unknown `--fast` capture is a user error naming the choices (checkable where no device is known)."""
+    from intraq.errors import UserInputError
+
+    if mode not in FAST_CHOICES:
+        raise UserInputError(f"unknown fast-path capture {mode!r}; choose one of {', '.join(FAST_CHOICES)}")
+
+
 def fast_settings_for(device: torch.device, mode: str | None) -> FastSettings | None:
     """`--fast MODE` as settings (None: the reference path); a mode the device cannot run is a user error."""
     from intraq.errors import UserInputError
 
     if mode is None:
         return None
-    if mode not in FAST_CHOICES:
-        raise UserInputError(f"unknown fast-path capture {mode!r}; choose one of {', '.join(FAST_CHOICES)}")
+    check_fast_mode(mode)
     settings = default_fast_settings(device, None if mode == "auto" else mode)
     try:
         settings.check_device(device)

@@ -90,8 +90,9 @@ def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], result
     }
     if record.get("git_commit_note"):
         out["git_commit_note"] = record["git_commit_note"]
-    if run_path(record) != "reference":  # only then: cell files of reference runs stay byte-identical
-        out["path"] = run_path(record)
+    path = run_path(record)
+    if path != "reference":  # only then: cell files of reference runs stay byte-identical
+        out["path"] = path
     if record.get("data_identity"):
         out["data_identity"] = record["data_identity"]
     save_json(out, cell_file(results, cfg.profile, cell, cfg.seed))
