@@ -1,0 +1,61 @@
+"""The official-trainer harness (bench/official_stage2.py): its input adapters, without an official checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("official_stage2", ROOT / "bench" / "official_stage2.py")
+harness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(harness)
+
+
+def test_read_hocon_reads_the_flat_settings(tmp_path):
+    (tmp_path / "c.hocon").write_text(
+        '#  ---- General ----\nsave_path = "./save/"\nnEpochs = 151  # total 400\nlr_S = 0.0001 # initial\n'
+        "step_S = [20,40,60]  # steps\nopt_type = \"SGD\"\n\n")
+    assert harness.read_hocon(tmp_path / "c.hocon") == {
+        "save_path": "./save/", "nEpochs": 151, "lr_S": 1e-4, "step_S": [20, 40, 60], "opt_type": "SGD"}
+
+
+def _batches(folder: Path, n: int, size: int = 3) -> list[dict]:
+    batches = []
+    for i in range(n):
+        batch = {"images": torch.randn(size, 3, 4, 4), "labels": torch.randint(10, (size,))}
+        torch.save(batch, folder / f"batch{i:05d}-n{size}.pt")
+        batches.append(batch)
+    return batches
+
+
+def test_batches_become_the_four_group_pickles_in_order(tmp_path):
+    images, scratch = tmp_path / "images", tmp_path / "scratch"
+    images.mkdir(), scratch.mkdir()
+    batches = _batches(images, 8)
+    assert harness.write_official_pickles(images, 4, scratch) == 8
+    for group in range(4):
+        with open(scratch / f"Path_to_data_pickle{group + 1}.pickle", "rb") as fp:
+            data = pickle.load(fp)
+        with open(scratch / f"Path_to_label_pickle{group + 1}.pickle", "rb") as fp:
+            labels = pickle.load(fp)
+        assert len(data) == len(labels) == 2
+        for k in range(2):
+            assert torch.equal(torch.from_numpy(data[k]), batches[2 * group + k]["images"])
+            assert torch.equal(torch.from_numpy(labels[k]), batches[2 * group + k]["labels"])
+
+
+def test_batches_that_do_not_split_into_groups_are_refused(tmp_path):
+    _batches(tmp_path, 6)
+    with pytest.raises(SystemExit, match="not a multiple of 4"):
+        harness.write_official_pickles(tmp_path, 4, tmp_path)
+
+
+def test_a_folder_that_is_not_the_official_checkout_is_refused_before_anything_is_patched(tmp_path):
+    cuda = torch.Tensor.cuda
+    with pytest.raises(SystemExit, match="zysxmu/IntraQ"):
+        harness.import_official(tmp_path)
+    assert torch.Tensor.cuda is cuda
