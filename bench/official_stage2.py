@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(opt.manualSeed)
     generator = official.main.Generator(opt)
     with tempfile.TemporaryDirectory() as scratch:
-        n_images = write_official_pickles(Path(args.images), 4, Path(scratch))
+        n_batches = write_official_pickles(Path(args.images), 4, Path(scratch))
         cwd = os.getcwd()
         os.chdir(scratch)
         try:
@@ -200,12 +200,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {
         "what": "official IntraQ stage 2 (zysxmu/IntraQ trainer_direct.py) on our teacher and images "
                 "(bench/official_stage2.py)",
-        "official_repo": "zysxmu/IntraQ", "official_commit": official_commit(checkout),
+        "official_repo": "zysxmu/IntraQ", "official_commit": args.official_commit or official_commit(checkout),
         "official_settings": settings, "official_overrides": list(args.official_set),
         "profile": cfg.profile, "seed": args.seed, "torch_seed": opt.manualSeed, "images": str(args.images),
-        "n_images": n_images, "teacher": ours.info, "teacher_id": teacher_identity(ours.info),
-        "config": to_dict(cfg), "git_commit": git_commit(), "machine": machine_info(device), "epochs": [],
-        "steps": trainer.steps,
+        "n_batches": n_batches, "n_images": len(dataset), "teacher": ours.info,
+        "teacher_id": teacher_identity(ours.info), "config": to_dict(cfg), "git_commit": git_commit(),
+        "machine": machine_info(device), "epochs": [], "steps": trainer.steps,
     }
     out = Path(args.out) / f"{cfg.profile}-{Path(args.images).name}-seed{args.seed}{args.tag}.json"
     for epoch in range(args.epochs):
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_root", help="the data set archive or folder of the profile")
     parser.add_argument("--official", required=True, help="a checkout of github.com/zysxmu/IntraQ")
+    parser.add_argument("--official-commit", default=None,
+                        help="the checkout's commit, when it is not a git work tree (e.g. a `git archive` export)")
     parser.add_argument("--images", required=True, help="folder of our finished synthetic batches (batch*.pt)")
     parser.add_argument("--profile", default="cifar10")
     parser.add_argument("--seed", type=int, default=0, help="the run id; torch is seeded with id + 1 as upstream")
