@@ -196,3 +196,17 @@ def test_fast_generation_leaves_the_teacher_as_it_found_it_and_never_drops_a_ref
     with pytest.raises(UserInputError, match="run without --fast to finish it"):
         generate(fast_ctx(data, teacher, cfg, tmp_path), "intraq")
     assert waiting.read_bytes() == b"half a batch"
+
+
+def test_stacked_generation_holds_its_numeric_flags_inside_its_batches_only(setting):
+    from intraq.fast.settings import NumericSettings
+
+    _, teacher = setting
+    cfg = RunConfig(synth=SynthConfig(num_images=16, batch_size=16, iterations=1, lor="none"))
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    fast = FastSettings(numeric=NumericSettings(allow_tf32_matmul=not before[0], cudnn_benchmark=not before[1]))
+    ((_, _, (record,)),) = generate_stacked(copy.deepcopy(teacher), effective_synth_settings(cfg, "digits"), [1], 16,
+                                            (3, 16, 16), 10, torch.device("cpu"), fast)
+    numeric = record["fast"]["numeric"]
+    assert (numeric["allow_tf32_matmul"], numeric["cudnn_benchmark"]) == (not before[0], not before[1])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == before  # restored

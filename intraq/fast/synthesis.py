@@ -302,7 +302,8 @@ def generate_stacked(
                 optimizers[size] = StackedBatchOptimizer(teacher, settings, len(seeds), size, shape, device, fast)
             draws = [draw_batch(seed, k, size, shape[0], shape[1], num_classes, settings) for seed in seeds]
             pairs = [centers_for(c, d.labels, device) for c, d in zip(centers, draws, strict=True)]
-            results = optimizers[size].optimize(draws, pairs, on_iteration=bar.update)
+            with fast.numeric_applied():  # the fast flags for these batches only, as FastBatchMaker scopes them
+                results = optimizers[size].optimize(draws, pairs, on_iteration=bar.update)
             for i, ((images, record), d) in enumerate(zip(results, draws, strict=True)):
                 record.update(batch=k, size=size, seed=batch_seed(seeds[i], k))
                 out[i][0].append(images)
