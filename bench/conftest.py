@@ -32,6 +32,7 @@ from intraq.campaign.plan import DONE, claim_verdicts, needed_cells
 from intraq.cli import FAST_HELP
 from intraq.config_file import resolve_profile
 from intraq.errors import UserInputError
+from intraq.interrupts import sigterm_as_interrupt
 from intraq.results import default_results_dir
 from intraq.tables import Cell
 
@@ -117,6 +118,14 @@ class _XdistPlan:
 
     def pytest_configure_node(self, node) -> None:  # noqa: ANN001 - xdist's WorkerController
         node.workerinput[PLAN_KEY] = self.plan
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201 - a hook wrapper's generator
+    """SIGTERM (Slurm's warning before its time limit) stops a case like Ctrl-C, as `intraq` does: the case saves
+    its checkpoint on the way out, and the same command resumes it."""
+    with sigterm_as_interrupt():
+        return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,14 +6,13 @@ torch is imported only once the config is built and checked, so bad input fails 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.errors import UserInputError
+from intraq.interrupts import sigterm_as_interrupt
 from intraq.methods import METHODS
 from intraq.profiles import PROFILES, get_profile
 
@@ -486,26 +485,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # SIGTERM (what Slurm sends before its time limit) stops a run like Ctrl-C: checkpoint, then exit 130.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except UserInputError as exc:
         print(f"intraq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("intraq: interrupted; finished work is saved, run the same command again to resume", file=sys.stderr)
         return 130
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Hold Ctrl-C and SIGTERM back while state is half-updated, so an interrupt always leaves a state worth saving.
+"""Hold Ctrl-C and SIGTERM back while state is half-updated, so an interrupt always leaves a state worth saving;
+and turn SIGTERM into Ctrl-C for a whole command (`sigterm_as_interrupt`).
 
 An optimizer step is not atomic: an interrupt inside it would leave images and moments out of step, and the
 driver could then only fall back to its last periodic checkpoint (or nothing, in the first minute). Inside
@@ -62,3 +63,22 @@ def deferred_interrupts() -> Iterator[None]:
     if arrived:
         signum, frame = arrived[0]
         deliver(previous[signum], signum, frame)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what Slurm sends before its time limit) stops the block like Ctrl-C: every loop then saves its
+    checkpoint on the way out. The previous handler is put back after the block; outside the main thread
+    (where Python delivers no signals) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -309,6 +309,29 @@ def test_sigterm_checkpoints_and_exits_like_ctrl_c(tmp_path):
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
 
 
+def test_sigterm_stops_a_bench_case_like_ctrl_c(tmp_path):
+    """`pytest bench` under Slurm: SIGTERM mid-case saves the batch in progress, as the CLI does, and no result."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", INTRAQ_ARTIFACTS=str(tmp_path / "art"))
+    command = [sys.executable, "-m", "pytest", str(REPO / "bench" / "test_tables.py"), "-q", "-p", "no:cacheprovider",
+               "--profile", "smoke", "--seeds", "1", "--results", str(tmp_path / "results"), "-k", "mdc_vs_adi-mdc-"]
+    for item in ["teacher.train_epochs=1", "synth.num_images=8", "synth.batch_size=8", "synth.iterations=50000"]:
+        command += ["--set", item]
+    log = tmp_path / "out.txt"
+    with log.open("w") as out_file:
+        proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "art").glob("synthesis/*/")):  # the case reached its synthesis
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        time.sleep(15)  # past the set's setup (the bench shows no progress bar to wait for), into its loop
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, log.read_text()
+    (partial,) = (tmp_path / "art" / "synthesis").rglob("*.partial.pt")
+    assert torch.load(partial, weights_only=True)["iteration"] > 0
+    assert not list((tmp_path / "results").rglob("*-seed0.json"))
+
+
 def test_a_checkpoint_of_older_code_past_calibration_resumes_and_later_ones_stay_small(tmp_path, monkeypatch):
     """Older code kept the calibration source's state in every checkpoint; resumed at the last calibration epoch,
     such a checkpoint gives the same run, and the checkpoints written after it leave that state out."""
