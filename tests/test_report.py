@@ -475,3 +475,52 @@ def test_cli_curve_gives_no_cut_from_a_run_that_diverged(tmp_path: Path, capsys,
     assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no cut: seed 0 diverged at epoch 4" in err
+
+
+def _official_record(teacher_id: str, losses: list[float], accuracies: list[float]) -> dict:
+    steps = [{"epoch": 4, "step": i, "loss": loss} for i, loss in enumerate(losses)]
+    epochs = [{"epoch": e, "test_top1": a, "last_loss": None if e < 4 else losses[-1]}
+              for e, a in enumerate(accuracies)]
+    return {"official_repo": "zysxmu/IntraQ", "official_commit": "5228f7699fdd", "teacher_id": teacher_id,
+            "images": "/somewhere/synthesis/intraq-v2-abc123", "epochs": epochs, "steps": steps}
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
+    tmp_path: Path, fixture_results: Path, trained: bool
+) -> None:
+    """A diverged run with an official-trainer record on the same teacher and images: the header says what the
+    authors' code did there; a record on another teacher is not mentioned."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(fixture_results, results)
+    for path in (results / PROFILE / "cells").glob("*-seed0.json"):
+        blob = json.loads(path.read_text())
+        if blob["case"] == SHARED:
+            blob["accuracy"]["diverged_at_epoch"] = 4
+            path.write_text(json.dumps({**blob, "result_file": f"{SHARED}-seed0.json"}))
+    run = results / PROFILE / f"{SHARED}-seed0.json"
+    run.write_text(json.dumps({
+        **json.loads(run.read_text()), "case": SHARED, "seed": 0, "profile": PROFILE, "method": "intraq",
+        "accuracy": {"teacher": 98.0, "after_calibration": 80.0, "final_epoch": 10.0, "best_epoch": 82.0,
+                     "best_epoch_index": 3, "diverged_at_epoch": 4},
+        "teacher": {"name": "fixture_cnn", "sha256": "feedbeef"}, "config": {}, "seconds": {"total": 10.0},
+        "git_commit": "fixture", "machine": {}, "synthesis": {"cache_dir": "/runs/synthesis/intraq-v2-abc123"}}))
+    official = results / "diagnostics" / "official-stage2"
+    official.mkdir(parents=True)
+    losses = [11.0, 12.0, 9.0] if trained else [11.0, 199.0, float("nan")]
+    (official / "a.json").write_text(json.dumps(_official_record("feedbeef", losses, [80.0, 81.0, 82.0, 82.5,
+                                                                                      84.0 if trained else 10.0])))
+    (official / "b.json").write_text(json.dumps(_official_record("another-teacher", [11.0], [1.0] * 5)))
+    (official / "broken.json").write_text("{not json")
+    header = _header(results, PROFILE)
+    line = next(x for x in header.splitlines() if "official stage 2 on the same inputs" in x)
+    assert "seed 0: on the same teacher and images, the authors' trainer (zysxmu/IntraQ@5228f76)" in line
+    assert "after calibration 82.50%" in line and "results/diagnostics/official-stage2/a.json" in line
+    if trained:
+        assert "trained: " in line and "best 84.00% at epoch 4 of the 5 it ran" in line
+    else:
+        assert "diverged too: " in line and "non-finite loss at fine-tuning step 2 (epoch 4), 10.00% after it" in line
+    assert "b.json" not in header
+    assert "official stage 2" not in _header(fixture_results, PROFILE)  # nothing diverged there

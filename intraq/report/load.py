@@ -87,6 +87,7 @@ def _row(blob: dict[str, Any], path: Path, cell: Cell | None) -> dict[str, Any]:
         "rotation_degrees": blob.get("rotation_degrees"), "note": blob.get("note", ""),
         "teacher_name": (blob.get("config") or {}).get("teacher", {}).get("name"),
         "dataset": (blob.get("config") or {}).get("data", {}).get("name"), "file": path.name,
+        "result_file": blob.get("result_file"),
         "data_identity": blob.get("data_identity"),
         "settings_beyond_cell": settings_beyond_cell(blob, cell),
     }

@@ -27,6 +27,7 @@ from intraq.claims import (
 from intraq.report import figures as figs
 from intraq.report.curves import curves_beside
 from intraq.report.load import BenchResults, load_results, summarize
+from intraq.report.official_runs import official_beside_diverged
 from intraq.report.overrides import describe_settings
 from intraq.report.timing import compute_of, describe
 from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, Table, all_tables
@@ -206,6 +207,11 @@ def header_blocks(res: BenchResults) -> list[Block]:
             f"Fine-tuning diverged (non-finite KD loss; the run stopped there, its best epoch counts the epochs "
             f"before) in {len(diverged)} of {len(runs)} runs: {listed}."
         )
+        beside = official_beside_diverged(
+            Path(res.results_dir), res.profile,
+            [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples() if r.result_file])
+        if beside:
+            items.append("The official stage 2 on the same inputs: " + "; ".join(beside) + ".")
     items += [
         "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ". "
         "Every `mean ± sd (n=k)`: ± = sample standard deviation (ddof 1) over the n seeds.",

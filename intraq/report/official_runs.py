@@ -1,0 +1,82 @@
+"""The authors' own stage 2 beside a diverged run: records of `bench/official_stage2.py` on the same inputs.
+
+When one of our stage-2 runs diverges, the first question a reviewer asks is whether the official code would too.
+`bench/official_stage2.py` runs the official IntraQ trainer on a run's teacher and synthetic batches and writes its
+record to `<results>/diagnostics/official-stage2/`; the report's header states, for each diverged run, what the
+official trainer did on the same teacher (by weights' identity) and the same images (by set folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from intraq.errors import UserInputError
+from intraq.image_sets import teacher_identity
+from intraq.results import read_result
+
+OFFICIAL_STAGE2_DIR = Path("diagnostics") / "official-stage2"
+
+
+def _official_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
+    folder = results / OFFICIAL_STAGE2_DIR
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            blob = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a report never fails for a diagnostic it cannot read
+        if isinstance(blob, dict) and blob.get("images") and blob.get("teacher_id") and blob.get("epochs"):
+            out.append((path, blob))
+    return out
+
+
+def _inputs(results: Path, profile: str, result_file: str) -> tuple[str, str] | None:
+    """(image set folder name, teacher identity) of one run record, or None when it has no synthetic set."""
+    path = results / profile / result_file
+    if not path.is_file():
+        return None
+    try:
+        record = read_result(path)
+    except UserInputError:
+        return None  # the report names a bad run record elsewhere; no sentence for it here
+    folder = (record.extras.get("synthesis") or {}).get("cache_dir")
+    teacher = teacher_identity(record.teacher)
+    return (Path(folder).name, teacher) if folder and teacher else None
+
+
+def describe_official_run(blob: dict[str, Any]) -> str:
+    """What the official trainer did: calibration result, then trained (best) or diverged (where)."""
+    steps = blob.get("steps") or []
+    bad = next((s for s in steps if not math.isfinite(float(s.get("loss", math.nan)))), None)
+    epochs = blob["epochs"]
+    calibration = [e for e in epochs if e.get("last_loss") is None]
+    text = f"after calibration {calibration[-1]['test_top1']:.2f}%, " if calibration else ""
+    commit = (blob.get("official_commit") or "?")[:7]
+    who = f"the authors' trainer ({blob.get('official_repo', 'official')}@{commit})"
+    if bad is not None:
+        return (f"{who} diverged too: {text}non-finite loss at fine-tuning step {bad['step']} (epoch {bad['epoch']}), "
+                f"{epochs[-1]['test_top1']:.2f}% after it")
+    best = max(epochs, key=lambda e: e["test_top1"])
+    return (f"{who} trained: {text}best {best['test_top1']:.2f}% at epoch {best['epoch']} of the {len(epochs)} it "
+            "ran")
+
+
+def official_beside_diverged(results: Path, profile: str, diverged: list[tuple[str, int, str]]) -> list[str]:
+    """Per diverged run (label, seed, result file) with an official-trainer record on its inputs, one sentence."""
+    records = _official_records(results)
+    if not records:
+        return []
+    out = []
+    for label, seed, result_file in diverged:
+        inputs = _inputs(results, profile, result_file)
+        if inputs is None:
+            continue
+        for path, blob in records:
+            if (Path(blob["images"]).name, blob["teacher_id"]) == inputs:
+                shown = (Path(results.name) / path.relative_to(results)).as_posix()  # results/diagnostics/...
+                out.append(f"{label} seed {seed}: on the same teacher and images, {describe_official_run(blob)} "
+                           f"(`{shown}`, `bench/official_stage2.py`)")
+    return out
