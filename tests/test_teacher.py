@@ -54,6 +54,8 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
     _, sidecar = train_teacher(cfg, data, out, seed=0, device=torch.device("cpu"), progress=False)
     assert sidecar["test_top1"] > 60.0  # chance is 10%
     assert {"sha256", "seed", "command", "torch", "wall_seconds"} <= set(sidecar)
+    assert [(s["first_epoch"], s["last_epoch"]) for s in sidecar["sittings"]] == [(0, 3)]
+    assert {"hostname", "torch", "torch_threads", "git_commit", "started"} <= set(sidecar["sittings"][0])
     assert not out.with_suffix(".state").exists()
 
     # Interrupted after epoch 0 of 2 (the save of epoch 1 fails): the rerun resumes at epoch 1 and ends with
@@ -76,9 +78,34 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
         train_teacher(cfg2, data, partial, seed=0, device=torch.device("cpu"), progress=False)
     monkeypatch.setattr(train_module, "save_torch", real_save)
     assert partial.with_suffix(".state").exists() and not partial.exists()
-    resumed, _ = train_teacher(cfg2, data, partial, seed=0, device=torch.device("cpu"), progress=False)
+    resumed, resumed_sidecar = train_teacher(cfg2, data, partial, seed=0, device=torch.device("cpu"), progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    # each stretch says which epochs it ran (and where)
+    assert [(s["first_epoch"], s["last_epoch"]) for s in resumed_sidecar["sittings"]] == [(0, 0), (1, 1)]
+
+
+def test_a_teacher_state_from_before_sittings_resumes_and_says_its_first_epochs_are_unrecorded(tmp_path, monkeypatch):
+    import intraq.teacher.train as train_module
+    from intraq.artifacts import load_torch
+
+    data = build_data(DataConfig("digits"))
+    cfg = TeacherConfig(name="digits_cnn", train_epochs=2, train_batch_size=64)
+    real_save = train_module.save_torch
+
+    def stop_after_first(obj, path):
+        real_save({k: v for k, v in obj.items() if k != "sittings"}, path)  # as older code wrote it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_torch", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, data, tmp_path / "t.pt", seed=0, device=torch.device("cpu"), progress=False)
+    monkeypatch.setattr(train_module, "save_torch", real_save)
+    assert "sittings" not in load_torch(tmp_path / "t.state")
+    _, sidecar = train_teacher(cfg, data, tmp_path / "t.pt", seed=0, device=torch.device("cpu"), progress=False)
+    first, second = sidecar["sittings"]
+    assert (first["first_epoch"], first["last_epoch"], second["first_epoch"], second["last_epoch"]) == (0, 0, 1, 1)
+    assert "unrecorded" in first and "git_commit" in second
 
 
 def test_a_teacher_path_that_does_not_exist_is_an_error_not_a_new_teacher(tmp_path):

@@ -22,6 +22,7 @@ from intraq.data.base import DataSplits, TensorImageDataset
 from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.interrupts import deferred_interrupts
+from intraq.results import sitting
 from intraq.teacher.checkpoint import save_teacher
 from intraq.teacher.models import build_model
 
@@ -93,7 +94,7 @@ def train_teacher(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     state_path = out_path.with_suffix(".state")
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, sittings = 0, 0.0, []
     if state_path.exists():
         state = load_torch(state_path)
         model.load_state_dict(state["model"])
@@ -101,6 +102,10 @@ def train_teacher(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+        sittings = state.get("sittings") or [{"first_epoch": 0, "last_epoch": state["epoch"], "unrecorded": (
+            "a state written before sittings were kept: where these epochs ran is in the commits that stored it")}]
+    # One entry per (re)start: a teacher trained over several sessions and machines says which epochs ran where.
+    sittings.append({**sitting(device), "first_epoch": start_epoch, "last_epoch": None})
     bar = tqdm(range(start_epoch, cfg.train_epochs), desc=f"train {cfg.name}", disable=not progress)
     for epoch in bar:
         tic = time.perf_counter()
@@ -120,6 +125,7 @@ def train_teacher(
             loss_sum += loss.detach()
         elapsed += time.perf_counter() - tic
         bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / max(steps_per_epoch, 1):.3f}")
+        sittings[-1]["last_epoch"] = epoch
         with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C/SIGTERM during its save
             save_torch(
                 {
@@ -129,6 +135,7 @@ def train_teacher(
                     "generator": generator.get_state(),
                     "epoch": epoch,
                     "elapsed": elapsed,
+                    "sittings": sittings,
                 },
                 state_path,
             )
@@ -147,6 +154,7 @@ def train_teacher(
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
+        "sittings": [sit for sit in sittings if sit["last_epoch"] is not None],  # a restart that ran no epoch: none
     }
     with deferred_interrupts():  # checkpoint, sidecar and the state's removal go together
         sidecar = save_teacher(model, out_path, info)
