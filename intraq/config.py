@@ -24,7 +24,9 @@ class DataConfig:
 
     name: str = "digits"  # the data set's name (results and reports are named by it)
     root: str | None = None  # cifar10: torchvision folder, ImageFolder tree or the .tar.gz; imagenet: ImageFolder tree
-    cache_dir: str | None = None  # decoded uint8 tensors; default <artifacts>/cache
+    # decoded uint8 tensors; default $INTRAQ_ARTIFACTS/cache, else ./artifacts/cache (not a run's --artifacts: one
+    # decoded copy per machine serves every artifacts folder)
+    cache_dir: str | None = None
     # The reader: digits | cifar10 | imagenet | image-folder (any ImageFolder tree); default: `name` itself.
     loader: str | None = None
     # image-folder only (None: read from the files): class count, 1 or 3 channels, a square side to resize to,

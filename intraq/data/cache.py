@@ -25,7 +25,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 def cache_dir(cfg: DataConfig) -> Path:
-    """`data.cache_dir`, else <artifacts>/cache."""
+    """`data.cache_dir`, else $INTRAQ_ARTIFACTS/cache or ./artifacts/cache, whatever --artifacts a run names: one
+    decoded copy per machine, shared by every artifacts folder (a resume folder then never holds it)."""
     return Path(cfg.cache_dir) if cfg.cache_dir else artifacts_root() / "cache"
 
 
