@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,26 @@ def read_hocon(path: Path) -> dict[str, Any]:
     return settings
 
 
-def import_official(checkout: Path) -> types.SimpleNamespace:
-    """Import the official modules from `checkout`, with CUDA calls on the CPU."""
-    for name in ("main_direct.py", "trainer_direct.py", OFFICIAL_CONFIG, "pytorchcv/model_provider.py"):
+def check_checkout(checkout: Path, names: tuple[str, ...]) -> None:
+    for name in names:
         if not (checkout / name).is_file():
             raise SystemExit(f"error: {checkout} is not a checkout of zysxmu/IntraQ (no {name}); "
                              "fetch it (git clone https://github.com/zysxmu/IntraQ) and pass its folder as --official")
-    sys.modules.setdefault("options", types.SimpleNamespace(Option=None))  # hocon reader; settings come from us
-    sys.modules.setdefault("termcolor", types.SimpleNamespace(colored=lambda text, *a, **k: text))
+
+
+def cuda_on_cpu() -> None:
+    """The official code calls `.cuda()` everywhere; here those calls keep tensors and modules on the CPU."""
     nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.cuda.device_count = lambda: 1
+
+
+def import_official(checkout: Path) -> types.SimpleNamespace:
+    """Import the official modules from `checkout`, with CUDA calls on the CPU."""
+    check_checkout(checkout, ("main_direct.py", "trainer_direct.py", OFFICIAL_CONFIG, "pytorchcv/model_provider.py"))
+    sys.modules.setdefault("options", types.SimpleNamespace(Option=None))  # hocon reader; settings come from us
+    sys.modules.setdefault("termcolor", types.SimpleNamespace(colored=lambda text, *a, **k: text))
+    cuda_on_cpu()
     sys.path.insert(0, str(checkout))
     import main_direct  # type: ignore[import-not-found]
     import trainer_direct  # type: ignore[import-not-found]
@@ -96,9 +106,9 @@ def official_commit(checkout: Path) -> str | None:
         return None
 
 
-def official_teacher(official: types.SimpleNamespace, ours: nn.Module, probe: torch.Tensor) -> nn.Module:
+def official_teacher(get_model: Callable[..., nn.Module], ours: nn.Module, probe: torch.Tensor) -> nn.Module:
     """Our teacher's weights in the official code's pytorchcv ResNet-20, checked by equal logits on `probe`."""
-    model = official.get_model(OFFICIAL_MODEL, pretrained=False)
+    model = get_model(OFFICIAL_MODEL, pretrained=False)
     theirs, mine = model.state_dict(), ours.state_dict()
     if len(theirs) != len(mine) or any(a.shape != b.shape for a, b in zip(theirs.values(), mine.values(), strict=True)):
         raise SystemExit("error: the teacher's layout differs from pytorchcv resnet20_cifar10; this harness maps "
@@ -164,8 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = build_data(cfg.data)
     ours = get_teacher(cfg.teacher, data, device, RunPaths.default(args.artifacts).artifacts, progress=False)
     test_x, test_y = data.test.batch(slice(None))
-    teacher = official_teacher(official, ours.model, test_x[:64])
-    student = official_teacher(official, ours.model, test_x[:64])
+    teacher = official_teacher(official.get_model, ours.model, test_x[:64])
+    student = official_teacher(official.get_model, ours.model, test_x[:64])
 
     logger = logging.getLogger("official-stage2")
     logger.addHandler(logging.StreamHandler(sys.stdout))

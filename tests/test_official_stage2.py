@@ -59,3 +59,26 @@ def test_a_folder_that_is_not_the_official_checkout_is_refused_before_anything_i
     with pytest.raises(SystemExit, match="zysxmu/IntraQ"):
         harness.import_official(tmp_path)
     assert torch.Tensor.cuda is cuda
+
+
+synth_spec = importlib.util.spec_from_file_location("official_synthesis", ROOT / "bench" / "official_synthesis.py")
+synthesis_harness = importlib.util.module_from_spec(synth_spec)
+synth_spec.loader.exec_module(synthesis_harness)
+
+
+def test_the_official_per_iteration_print_is_parsed_and_other_lines_are_not():
+    line = ("0 999 lr 0.0001 d_acc 1.0 mean_loss 0.0021 var_loss 0.0040 loss_target 0.0002 loss_cosineDistance 0.0 "
+            "loss_cosineDistance_upper 0.0")
+    assert synthesis_harness.parse_iteration(line) == (0, 999, {
+        "lr": 1e-4, "d_acc": 1.0, "mean_loss": 0.0021, "var_loss": 0.004, "loss_target": 0.0002,
+        "loss_cosineDistance": 0.0, "loss_cosineDistance_upper": 0.0})
+    for other in ("number of 1 in mask tensor(0.) old_features.shape torch.Size([256, 64])", "d_acc 1.0", "0.984375"):
+        assert synthesis_harness.parse_iteration(other) is None
+
+
+def test_the_loss_tap_keeps_each_batchs_last_iteration_across_split_writes(capsys):
+    tap = synthesis_harness.LossTap(iterations=2)
+    tap.write("0 0 lr 0.5 d_acc 0.1 mean_loss 3.0\n0 1 lr 0.5 d_")
+    tap.write("acc 0.2 mean_loss 2.0\nsomething else\n1 0 lr 0.5 d_acc 0.3 mean_loss 1.0\n")
+    assert tap.last == {0: {"iteration": 1, "lr": 0.5, "d_acc": 0.2, "mean_loss": 2.0},
+                        1: {"iteration": 0, "lr": 0.5, "d_acc": 0.3, "mean_loss": 1.0}}
