@@ -237,28 +237,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def official_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options every official-code harness takes: data, checkout, profile, threads, where records go."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("data_root", help="the data set archive or folder of the profile")
     parser.add_argument("--official", required=True, help="a checkout of github.com/zysxmu/IntraQ")
     parser.add_argument("--official-commit", default=None,
                         help="the checkout's commit, when it is not a git work tree (e.g. a `git archive` export)")
-    parser.add_argument("--images", required=True, help="folder of our finished synthetic batches (batch*.pt)")
     parser.add_argument("--profile", default="cifar10")
-    parser.add_argument("--seed", type=int, default=0, help="the run id; torch is seeded with id + 1 as upstream")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs 0-3 calibrate; 151 is the whole run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--official-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an official hocon setting, e.g. lr_S=1e-5 (the record says so)")
-    parser.add_argument("--tag", default="", help="suffix of the record's file name")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--artifacts", default=None)
-    parser.add_argument("--out", default="results/diagnostics/official-stage2")
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def parse_official_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.overrides = [*args.overrides, f"data.root={args.data_root}"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = official_parser(__doc__, "results/diagnostics/official-stage2")
+    parser.add_argument("--images", required=True, help="folder of our finished synthetic batches (batch*.pt)")
+    parser.add_argument("--seed", type=int, default=0, help="the run id; torch is seeded with id + 1 as upstream")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs 0-3 calibrate; 151 is the whole run")
+    parser.add_argument("--official-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an official hocon setting, e.g. lr_S=1e-5 (the record says so)")
+    parser.add_argument("--tag", default="", help="suffix of the record's file name")
+    run(parse_official_args(parser, argv))
     return 0
 
 

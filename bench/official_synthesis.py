@@ -56,6 +56,7 @@ def _sibling(name: str) -> types.ModuleType:
 _stage2 = _sibling("official_stage2")
 check_checkout, cuda_on_cpu = _stage2.check_checkout, _stage2.cuda_on_cpu
 official_commit, official_teacher = _stage2.official_commit, _stage2.official_teacher
+official_parser, parse_official_args = _stage2.official_parser, _stage2.parse_official_args
 
 # What run_generate_cifar10.sh passes to generate_data.py.
 CIFAR10_SCRIPT = {"model_name": "resnet20_cifar10", "batch_size": 256, "targetPro": 0.95, "cosineMargin": 0.05,
@@ -187,26 +188,14 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_root", help="the data set archive or folder of the profile (for the teacher's check)")
-    parser.add_argument("--official", required=True, help="a checkout of github.com/zysxmu/IntraQ")
-    parser.add_argument("--official-commit", default=None,
-                        help="the checkout's commit, when it is not a git work tree (e.g. a `git archive` export)")
-    parser.add_argument("--profile", default="cifar10")
+    parser = official_parser(__doc__, "results/diagnostics/official-synthesis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group", type=int, default=1, help="the official group (1-4); earlier groups: none here")
     parser.add_argument("--batches", type=int, default=1, help="stop after this many of the group's five batches")
     parser.add_argument("--ours", default=None, help="our batch file to set beside it (e.g. batch00000-n256.pt)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--artifacts", default=None)
-    parser.add_argument("--out", default="results/diagnostics/official-synthesis")
-    args = parser.parse_args(argv)
+    args = parse_official_args(parser, argv)
     if not 1 <= args.batches <= 5:
         parser.error("--batches must be 1..5 (an official group has five)")
-    args.overrides = [*args.overrides, f"data.root={args.data_root}"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run(args)
     return 0
 
