@@ -11,7 +11,7 @@ copied here; this script only adapts its inputs:
 - the teacher's weights go into the official code's vendored pytorchcv `resnet20_cifar10` (same layout; checked by
   equal logits before anything runs),
 - the synthetic batches are written as the four `Path_to_data_pickle{1..4}.pickle` / `Path_to_label_pickle...` files
-  its `direct_dataset` reads (one per group of batches), in a scratch folder,
+  its `direct_dataset` reads (the images in order, split in four parts), in a scratch folder,
 - settings come from the checkout's `cifar10_resnet20.hocon` (scalars and lists only), seed = id + 1 as main_direct,
 - CUDA calls run on the CPU (`.cuda()` is the identity; one device counted), and two imports it only logs with
   (`options`, `termcolor`) are stubbed.
@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -124,18 +125,23 @@ def official_teacher(get_model: Callable[..., nn.Module], ours: nn.Module, probe
 
 
 def write_official_pickles(image_dir: Path, groups: int, folder: Path) -> int:
-    """Our finished batches as the official direct_dataset's four data and label pickles (lists of arrays)."""
+    """Our finished batches as the official direct_dataset's four data and label pickles (lists of arrays).
+
+    The dataset only concatenates the four files and shuffles, so the images are split into `groups` consecutive
+    parts in order, whatever the number of batches (a one-batch set works too). Returns the number of batches."""
     files = sorted(image_dir.glob("batch*.pt"))
-    if not files or len(files) % groups:
-        raise SystemExit(f"error: {image_dir} holds {len(files)} batch files, not a multiple of {groups} groups")
-    per_group = len(files) // groups
-    for group in range(groups):
-        batches = [torch.load(f, map_location="cpu", weights_only=False)
-                   for f in files[group * per_group:(group + 1) * per_group]]
+    if not files:
+        raise SystemExit(f"error: {image_dir} holds no batch files (batch*.pt)")
+    batches = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    images = torch.cat([b["images"].float() for b in batches]).numpy()
+    labels = torch.cat([b["labels"].long() for b in batches]).numpy()
+    if len(images) < groups:
+        raise SystemExit(f"error: {image_dir} holds {len(images)} images, fewer than the {groups} official groups")
+    for group, (x, y) in enumerate(zip(np.array_split(images, groups), np.array_split(labels, groups), strict=True)):
         with open(folder / f"Path_to_data_pickle{group + 1}.pickle", "wb") as fp:
-            pickle.dump([b["images"].float().numpy() for b in batches], fp)
+            pickle.dump([x], fp)
         with open(folder / f"Path_to_label_pickle{group + 1}.pickle", "wb") as fp:
-            pickle.dump([b["labels"].long().numpy() for b in batches], fp)
+            pickle.dump([y], fp)
     return len(files)
 
 

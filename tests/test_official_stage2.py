@@ -32,26 +32,30 @@ def _batches(folder: Path, n: int, size: int = 3) -> list[dict]:
     return batches
 
 
-def test_batches_become_the_four_group_pickles_in_order(tmp_path):
+def _read_groups(scratch: Path, kind: str) -> torch.Tensor:
+    parts = []
+    for group in range(4):
+        with open(scratch / f"Path_to_{kind}_pickle{group + 1}.pickle", "rb") as fp:
+            parts += [torch.from_numpy(a) for a in pickle.load(fp)]
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("n_batches", [8, 1])
+def test_batches_become_the_four_group_pickles_in_order(tmp_path, n_batches):
     images, scratch = tmp_path / "images", tmp_path / "scratch"
     images.mkdir(), scratch.mkdir()
-    batches = _batches(images, 8)
-    assert harness.write_official_pickles(images, 4, scratch) == 8
-    for group in range(4):
-        with open(scratch / f"Path_to_data_pickle{group + 1}.pickle", "rb") as fp:
-            data = pickle.load(fp)
-        with open(scratch / f"Path_to_label_pickle{group + 1}.pickle", "rb") as fp:
-            labels = pickle.load(fp)
-        assert len(data) == len(labels) == 2
-        for k in range(2):
-            assert torch.equal(torch.from_numpy(data[k]), batches[2 * group + k]["images"])
-            assert torch.equal(torch.from_numpy(labels[k]), batches[2 * group + k]["labels"])
+    batches = _batches(images, n_batches, size=6)
+    assert harness.write_official_pickles(images, 4, scratch) == n_batches
+    assert torch.equal(_read_groups(scratch, "data"), torch.cat([b["images"] for b in batches]))
+    assert torch.equal(_read_groups(scratch, "label"), torch.cat([b["labels"] for b in batches]))
 
 
-def test_batches_that_do_not_split_into_groups_are_refused(tmp_path):
-    _batches(tmp_path, 6)
-    with pytest.raises(SystemExit, match="not a multiple of 4"):
+def test_too_few_images_for_the_groups_are_refused(tmp_path):
+    _batches(tmp_path, 1, size=3)
+    with pytest.raises(SystemExit, match="fewer than the 4 official groups"):
         harness.write_official_pickles(tmp_path, 4, tmp_path)
+    with pytest.raises(SystemExit, match="no batch files"):
+        harness.write_official_pickles(tmp_path / "empty", 4, tmp_path)
 
 
 def test_a_folder_that_is_not_the_official_checkout_is_refused_before_anything_is_patched(tmp_path):
