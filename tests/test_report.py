@@ -524,3 +524,8 @@ def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
         assert "diverged too: " in line and "non-finite loss at fine-tuning step 2 (epoch 4), 10.00% after it" in line
     assert "b.json" not in header
     assert "official stage 2" not in _header(fixture_results, PROFILE)  # nothing diverged there
+    for path in (results / PROFILE / "cells").glob("lor--*-seed0.json"):  # a cell file without result_file
+        blob = json.loads(path.read_text())
+        blob["accuracy"]["diverged_at_epoch"] = 5
+        path.write_text(json.dumps(blob))
+    assert line in _header(results, PROFILE).splitlines()

@@ -209,7 +209,8 @@ def header_blocks(res: BenchResults) -> list[Block]:
         )
         beside = official_beside_diverged(
             Path(res.results_dir), res.profile,
-            [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples() if r.result_file])
+            [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples()
+             if isinstance(r.result_file, str)])  # cell files from before result_file have none (NaN here)
         if beside:
             items.append("The official stage 2 on the same inputs: " + "; ".join(beside) + ".")
     items += [
