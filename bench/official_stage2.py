@@ -77,6 +77,17 @@ def check_checkout(checkout: Path, names: tuple[str, ...]) -> None:
                              "fetch it (git clone https://github.com/zysxmu/IntraQ) and pass its folder as --official")
 
 
+def stub_module(name: str, **attrs: Any) -> None:
+    """An import the official code makes only for logging or progress bars, as an empty module (unless installed);
+    a dotted name gets its parent package too."""
+    parent = name.rpartition(".")[0]
+    if parent:
+        sys.modules.setdefault(parent, types.ModuleType(parent))
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    sys.modules.setdefault(name, module)
+
+
 def cuda_on_cpu() -> None:
     """The official code calls `.cuda()` everywhere; here those calls keep tensors and modules on the CPU."""
     nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
@@ -87,8 +98,8 @@ def cuda_on_cpu() -> None:
 def import_official(checkout: Path) -> types.SimpleNamespace:
     """Import the official modules from `checkout`, with CUDA calls on the CPU."""
     check_checkout(checkout, ("main_direct.py", "trainer_direct.py", OFFICIAL_CONFIG, "pytorchcv/model_provider.py"))
-    sys.modules.setdefault("options", types.SimpleNamespace(Option=None))  # hocon reader; settings come from us
-    sys.modules.setdefault("termcolor", types.SimpleNamespace(colored=lambda text, *a, **k: text))
+    stub_module("options", Option=None)  # its hocon reader; the settings come from read_hocon here
+    stub_module("termcolor", colored=lambda text, *a, **k: text)
     cuda_on_cpu()
     sys.path.insert(0, str(checkout))
     import main_direct  # type: ignore[import-not-found]

@@ -26,6 +26,7 @@ import importlib.util
 import io
 import random
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -54,14 +55,13 @@ def _sibling(name: str) -> types.ModuleType:
 
 
 _stage2 = _sibling("official_stage2")
-check_checkout, cuda_on_cpu = _stage2.check_checkout, _stage2.cuda_on_cpu
+check_checkout, cuda_on_cpu, stub_module = _stage2.check_checkout, _stage2.cuda_on_cpu, _stage2.stub_module
 official_commit, official_teacher = _stage2.official_commit, _stage2.official_teacher
 official_parser, parse_official_args = _stage2.official_parser, _stage2.parse_official_args
 
 # What run_generate_cifar10.sh passes to generate_data.py.
 CIFAR10_SCRIPT = {"model_name": "resnet20_cifar10", "batch_size": 256, "targetPro": 0.95, "cosineMargin": 0.05,
                   "cosineMargin_upper": 0.8, "augMargin": 0.5}
-LOSS_KEYS = ("mean_loss", "var_loss", "loss_target", "loss_cosineDistance", "loss_cosineDistance_upper")
 
 
 class _Enough(Exception):
@@ -105,10 +105,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     check_checkout(checkout, ("data_generate/distill_data.py", "data_generate/run_generate_cifar10.sh",
                               "pytorchcv/model_provider.py"))
     cuda_on_cpu()
-    progress_bar = types.ModuleType("progress.bar")  # a progress-bar package its training utils import, unused here
-    progress_bar.Bar = object  # type: ignore[attr-defined]
-    sys.modules.setdefault("progress", types.ModuleType("progress"))
-    sys.modules.setdefault("progress.bar", progress_bar)
+    stub_module("progress.bar", Bar=object)  # a progress-bar package its training utils import, unused here
     sys.path[:0] = [str(checkout / "data_generate"), str(checkout)]  # its utils first, then the vendored pytorchcv
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
@@ -144,17 +141,15 @@ def run(args: argparse.Namespace) -> list[Path]:
     tap = LossTap(1000)
     out_dir = Path(args.out)
     tic = time.perf_counter()
-    scratch = out_dir / ".scratch"  # where the official code looks for earlier groups' pickles: none
-    scratch.mkdir(parents=True, exist_ok=True)
     stdout, sys.stdout = sys.stdout, tap
-    try:
-        KeepingDistillData().getDistilData_hardsample_cosineDistanceEMA_interClass_aug(
-            teacher_model=teacher, group=args.group, save_path_head=str(scratch), **CIFAR10_SCRIPT)
+    try:  # the scratch folder is where it looks for earlier groups' pickles: none
+        with tempfile.TemporaryDirectory() as scratch:
+            KeepingDistillData().getDistilData_hardsample_cosineDistanceEMA_interClass_aug(
+                teacher_model=teacher, group=args.group, save_path_head=scratch, **CIFAR10_SCRIPT)
     except _Enough:
         pass
     finally:
         sys.stdout = stdout
-        scratch.rmdir()
     seconds = time.perf_counter() - tic
     written = []
     for batch, (images, labels) in enumerate(kept):

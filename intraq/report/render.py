@@ -208,7 +208,7 @@ def header_blocks(res: BenchResults) -> list[Block]:
             f"before) in {len(diverged)} of {len(runs)} runs: {listed}."
         )
         beside = official_beside_diverged(
-            Path(res.results_dir), res.profile,
+            res.results_dir, res.profile,
             [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples()
              if isinstance(r.result_file, str)])  # cell files from before result_file have none (NaN here)
         if beside:
