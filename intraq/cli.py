@@ -121,7 +121,8 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
     check_train_target(out, explicit=args.out is not None, force=args.force)
     device = _setup(args)
     data = build_data(cfg.data)
-    _, sidecar = train_teacher(cfg.teacher, data, out, cfg.teacher.train_seed, device, progress=not args.quiet)
+    _, sidecar = train_teacher(cfg.teacher, data, out, cfg.teacher.train_seed, device, progress=not args.quiet,
+                               eval_every=args.eval_every)
     print(f"teacher {cfg.teacher.name} on {data.name}: test top-1 {sidecar['test_top1']:.2f}%, sha256 "
           f"{sidecar['sha256'][:12]}… ({sidecar['torch_threads']} torch threads)  -> {out}")
     print("  the weights depend on the CPU and the thread count (float summation order), so they may differ from "
@@ -416,6 +417,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (default: <artifacts>/teachers/<name>-<data>-<recipe hash>.pt)")
     p.add_argument("--force", action="store_true",
                    help="retrain even if the checkpoint exists (a committed one only together with --out naming it)")
+    p.add_argument("--eval-every", type=int, default=10, metavar="N",
+                   help="test top-1 every N epochs, shown and kept in the sidecar's history (0: only at the end; "
+                        "the weights do not depend on it)")
     p.set_defaults(func=cmd_teacher_train)
 
     p = sub.add_parser("generate", help="generate (or reuse) an image set")

@@ -57,6 +57,10 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
     assert [(s["first_epoch"], s["last_epoch"]) for s in sidecar["sittings"]] == [(0, 3)]
     assert {"hostname", "torch", "torch_threads", "git_commit", "started"} <= set(sidecar["sittings"][0])
     assert not out.with_suffix(".state").exists()
+    # every epoch's loss; test top-1 only at the end with the default eval_every (10 > 4 epochs), equal to the result
+    assert [h["epoch"] for h in sidecar["history"]] == [0, 1, 2, 3]
+    assert all(h["train_loss"] > 0 for h in sidecar["history"])
+    assert [h.get("test_top1") for h in sidecar["history"]] == [None, None, None, sidecar["test_top1"]]
 
     # Interrupted after epoch 0 of 2 (the save of epoch 1 fails): the rerun resumes at epoch 1 and ends with
     # the same weights as a straight run.
@@ -81,8 +85,26 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
     resumed, resumed_sidecar = train_teacher(cfg2, data, partial, seed=0, device=torch.device("cpu"), progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    # each stretch says which epochs it ran (and where)
+    # each stretch says which epochs it ran (and where); the history survives the restart
     assert [(s["first_epoch"], s["last_epoch"]) for s in resumed_sidecar["sittings"]] == [(0, 0), (1, 1)]
+    assert [h["epoch"] for h in resumed_sidecar["history"]] == [0, 1]
+
+
+def test_evaluating_during_training_is_kept_in_the_history_and_does_not_change_the_weights(tmp_path):
+    data = build_data(DataConfig("digits"))
+    cfg = TeacherConfig(name="digits_cnn", train_epochs=3, train_batch_size=64)
+    cpu = torch.device("cpu")
+    quiet, quiet_car = train_teacher(cfg, data, tmp_path / "a.pt", seed=0, device=cpu, progress=False, eval_every=0)
+    every, every_car = train_teacher(cfg, data, tmp_path / "b.pt", seed=0, device=cpu, progress=False, eval_every=1)
+    for a, b in zip(quiet.state_dict().values(), every.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert every_car["sha256"] == quiet_car["sha256"]
+    accuracies = [h["test_top1"] for h in every_car["history"]]
+    assert len(accuracies) == 3 and all(0.0 <= a <= 100.0 for a in accuracies)
+    assert accuracies[-1] == every_car["test_top1"]
+    assert [h.get("test_top1") for h in quiet_car["history"]] == [None, None, quiet_car["test_top1"]]
+    with pytest.raises(UserInputError, match="eval_every"):
+        train_teacher(cfg, data, tmp_path / "c.pt", seed=0, device=cpu, progress=False, eval_every=-1)
 
 
 def test_a_teacher_state_from_before_sittings_resumes_and_says_its_first_epochs_are_unrecorded(tmp_path, monkeypatch):

@@ -67,8 +67,16 @@ def train_teacher(
     seed: int,
     device: torch.device,
     progress: bool = True,
+    eval_every: int = 10,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train `cfg.name` on `data.train`, write checkpoint + sidecar to `out_path`; resumes from `<out>.state`."""
+    """Train `cfg.name` on `data.train`, write checkpoint + sidecar to `out_path`; resumes from `<out>.state`.
+
+    Every epoch's mean training loss, and the test top-1 every `eval_every` epochs (0: only at the end), are kept
+    in `history` (state and sidecar): a teacher that trains for hours shows where it stands, and the record keeps
+    its curve. The checkpoint is always the last epoch's weights (no selection on the test split), and evaluating
+    in between changes nothing in training (eval mode, no randomness), so the weights do not depend on it."""
+    if eval_every < 0:
+        raise UserInputError(f"eval_every must be >= 0 (0: evaluate only at the end), got {eval_every}")
     if not isinstance(data.train, TensorImageDataset):
         raise UserInputError(
             f"the teacher recipe trains on in-memory data sets (digits, cifar10); for {data.name} use a "
@@ -94,7 +102,7 @@ def train_teacher(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     state_path = out_path.with_suffix(".state")
-    start_epoch, elapsed, sittings = 0, 0.0, []
+    start_epoch, elapsed, sittings, history = 0, 0.0, [], []
     if state_path.exists():
         state = load_torch(state_path)
         model.load_state_dict(state["model"])
@@ -102,6 +110,7 @@ def train_teacher(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+        history = state.get("history", [])  # a state from before history was kept: its epochs have none
         sittings = state.get("sittings") or [{"first_epoch": 0, "last_epoch": state["epoch"], "unrecorded": (
             "a state written before sittings were kept: where these epochs ran is in the commits that stored it")}]
     # One entry per (re)start: a teacher trained over several sessions and machines says which epochs ran where.
@@ -124,7 +133,12 @@ def train_teacher(
             scheduler.step()
             loss_sum += loss.detach()
         elapsed += time.perf_counter() - tic
-        bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / max(steps_per_epoch, 1):.3f}")
+        entry = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0]}
+        if eval_every and (epoch + 1) % eval_every == 0 and epoch < cfg.train_epochs - 1:  # the last: below
+            entry["test_top1"] = evaluate(model, data.test, device=device)
+        history.append(entry)
+        bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
+                        **({"test": f"{entry['test_top1']:.2f}%"} if "test_top1" in entry else {}))
         sittings[-1]["last_epoch"] = epoch
         with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C/SIGTERM during its save
             save_torch(
@@ -136,11 +150,14 @@ def train_teacher(
                     "epoch": epoch,
                     "elapsed": elapsed,
                     "sittings": sittings,
+                    "history": history,
                 },
                 state_path,
             )
     model.eval()
     accuracy = evaluate(model, data.test, device=device)
+    if history and history[-1]["epoch"] == cfg.train_epochs - 1:
+        history[-1]["test_top1"] = accuracy
     info = {
         "architecture": cfg.name,
         "data": data.name,
@@ -155,6 +172,7 @@ def train_teacher(
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
         "sittings": [sit for sit in sittings if sit["last_epoch"] is not None],  # a restart that ran no epoch: none
+        "history": history,  # per epoch: train_loss, lr at its end, test_top1 where evaluated
     }
     with deferred_interrupts():  # checkpoint, sidecar and the state's removal go together
         sidecar = save_teacher(model, out_path, info)
