@@ -265,3 +265,42 @@ def test_torchvision_weights_for_other_class_counts_are_refused_before_any_downl
         pretrained_state_dict("torchvision:resnet18", 10)
     path = recipe_checkpoint_path(TeacherConfig(name="torchvision:resnet50"), "mine", tmp_path)
     assert ":" not in path.name and path.name.startswith("torchvision-resnet50-mine-")
+
+
+def test_a_second_training_of_the_same_teacher_is_refused_or_waits_for_the_first(tmp_path, monkeypatch):
+    import threading
+
+    import intraq.teacher.train as train_module
+    from intraq.teacher.train import _train, exclusive_training, training_marker_path
+
+    data = build_data(DataConfig("digits"))
+    cfg = TeacherConfig(name="digits_cnn", train_epochs=1, train_batch_size=64)
+    cpu = torch.device("cpu")
+    out = tmp_path / "t.pt"
+    holding, release = threading.Event(), threading.Event()
+    first: dict = {}
+
+    def first_process():
+        with exclusive_training(out, wait=False):
+            holding.set()
+            release.wait(30)
+            first["sidecar"] = _train(cfg, data, out, 0, cpu, False, 0)[1]
+
+    thread = threading.Thread(target=first_process)
+    thread.start()
+    assert holding.wait(30)
+    assert json.loads(training_marker_path(out).read_text())["pid"] > 0
+    # the CLI's way: refused at once, saying who holds it and how to go on
+    with pytest.raises(UserInputError, match=r"another process is training the teacher .*pid .*--out NEW_PATH"):
+        train_teacher(cfg, data, out, seed=0, device=cpu, progress=False)
+    # a run's automatic training: waits, then takes the finished teacher instead of training it again
+    def second_training(*args, **kwargs):
+        raise AssertionError("the waiting process trained the teacher again")
+
+    monkeypatch.setattr(train_module, "_train", second_training)
+    release.set()
+    model, sidecar = train_teacher(cfg, data, out, seed=0, device=cpu, progress=False, wait=True)
+    thread.join(30)
+    assert sidecar["sha256"] == first["sidecar"]["sha256"] and len(sidecar["sittings"]) == 1
+    assert not training_marker_path(out).exists() and not out.with_suffix(".state").exists()
+    assert not model.training

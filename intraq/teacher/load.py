@@ -113,7 +113,7 @@ def get_teacher(
                 )
             from intraq.teacher.train import train_teacher
 
-            train_teacher(cfg, data, path, cfg.train_seed, device, progress)
+            train_teacher(cfg, data, path, cfg.train_seed, device, progress, wait=True)  # another case may be at it
         info = load_teacher_weights(model, path) | {"checkpoint": str(path)}
         trained_on = info.get("data")
         if trained_on is not None and trained_on != data.name:

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
-from intraq.artifacts import load_torch, remove_artifact, save_torch
+from intraq.artifacts import load_json, load_torch, remove_artifact, save_json, save_torch
 from intraq.config import TeacherConfig
 from intraq.data.augment import random_crop_flip
 from intraq.data.base import DataSplits, TensorImageDataset
 from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.interrupts import deferred_interrupts
-from intraq.results import sitting
-from intraq.teacher.checkpoint import save_teacher
+from intraq.results import now_utc, sitting
+from intraq.teacher.checkpoint import load_teacher_weights, save_teacher
 from intraq.teacher.models import build_model
 
 
@@ -60,6 +64,48 @@ def check_train_target(out: Path, explicit: bool, force: bool) -> None:
         raise UserInputError(f"{out} exists; pass --force to retrain it, or --out NEW_PATH to train elsewhere")
 
 
+def training_lock_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".lock")
+
+
+def training_marker_path(out_path: Path) -> Path:
+    """Who trains the teacher at `out_path` right now (host, pid, start); removed when that training stops."""
+    return out_path.with_name(out_path.name + ".training.json")
+
+
+@contextmanager
+def exclusive_training(out_path: Path, wait: bool) -> Iterator[bool]:
+    """Hold the lock of the teacher at `out_path` for one training process; yields whether it had to wait.
+
+    Two processes resuming the same `.state` would each continue it and overwrite each other's checkpoint and
+    sidecar (a sidecar can end up describing the other process's weights). With `wait`, a second process waits
+    (an automatic training inside a run: it then finds the finished teacher); without, it is refused at once."""
+    lock = FileLock(training_lock_path(out_path))
+    marker = training_marker_path(out_path)
+    waited = False
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            try:
+                holder = load_json(marker)
+            except Exception:  # noqa: BLE001 - the holder may be writing it right now, or have just finished
+                holder = {}
+            who = ", ".join(f"{k} {holder[k]}" for k in ("host", "pid", "started") if k in holder) or "unknown"
+            raise UserInputError(
+                f"another process is training the teacher at {out_path} ({who}); wait for it to finish (it resumes "
+                f"from {out_path.with_suffix('.state')} if stopped), or train elsewhere with --out NEW_PATH"
+            ) from None
+        waited = True
+        lock.acquire()
+    try:
+        save_json({"host": platform.node(), "pid": os.getpid(), "started": now_utc()}, marker)
+        yield waited
+    finally:
+        marker.unlink(missing_ok=True)
+        lock.release()
+
+
 def train_teacher(
     cfg: TeacherConfig,
     data: DataSplits,
@@ -68,13 +114,17 @@ def train_teacher(
     device: torch.device,
     progress: bool = True,
     eval_every: int = 10,
+    wait: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `cfg.name` on `data.train`, write checkpoint + sidecar to `out_path`; resumes from `<out>.state`.
 
     Every epoch's mean training loss, and the test top-1 every `eval_every` epochs (0: only at the end), are kept
     in `history` (state and sidecar): a teacher that trains for hours shows where it stands, and the record keeps
     its curve. The checkpoint is always the last epoch's weights (no selection on the test split), and evaluating
-    in between changes nothing in training (eval mode, no randomness), so the weights do not depend on it."""
+    in between changes nothing in training (eval mode, no randomness), so the weights do not depend on it.
+
+    One process at a time trains a given `out_path` (`exclusive_training`): another is refused, or with `wait`
+    waits and, when the first has finished the teacher meanwhile, returns that one instead of training again."""
     if eval_every < 0:
         raise UserInputError(f"eval_every must be >= 0 (0: evaluate only at the end), got {eval_every}")
     if not isinstance(data.train, TensorImageDataset):
@@ -82,6 +132,19 @@ def train_teacher(
             f"the teacher recipe trains on in-memory data sets (digits, cifar10); for {data.name} use a "
             "pretrained teacher (teacher.source=torchvision or pytorchcv, or teacher.checkpoint=FILE)"
         )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_training(out_path, wait) as waited:
+        if waited and out_path.exists():
+            model = build_model(cfg.name, data.num_classes, data.channels)
+            sidecar = load_teacher_weights(model, out_path)
+            return model.to(device).eval(), sidecar
+        return _train(cfg, data, out_path, seed, device, progress, eval_every)
+
+
+def _train(
+    cfg: TeacherConfig, data: DataSplits, out_path: Path, seed: int, device: torch.device, progress: bool,
+    eval_every: int,
+) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(seed)
     model = build_model(cfg.name, data.num_classes, data.channels).to(device)
     generator = torch.Generator().manual_seed(seed)
