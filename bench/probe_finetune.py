@@ -7,6 +7,10 @@ minute at cifar10-cpu) instead of a whole case. It builds the case's image set (
 exists), calibrates the quantized student as the case does, then takes `--steps` SGD steps with the case's
 optimizer, augmentation and KD loss on random batches, and evaluates test top-1 once at the end. The record
 (config, seed, commit, machine, seconds, every step) is written to results/diagnostics/finetune-probe/.
+
+With `--sharpness N` it first measures the KD loss's sharpness on one augmented batch of its own (N power
+iterations; the steps' batches are drawn as without it) and the lr bound of the case's SGD at that sharpness
+(`intraq.finetune.stability`), so the record holds the prediction beside what the steps then did.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from intraq.data import build_data
 from intraq.device import pick_device
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
+from intraq.finetune.kd import kd_loss_intraq
+from intraq.finetune.stability import momentum_lr_bound, top_hessian_eigenvalue
 from intraq.finetune.trainer import calibrate, kd_backward, make_optimizer
 from intraq.pipeline import RunPaths, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
@@ -50,6 +56,7 @@ def probe(args: argparse.Namespace) -> dict:
     model = teacher.model.eval()
     optimizer = make_optimizer(student, ft)
     augment = make_finetune_augment(ft)
+    sharpness = measure_sharpness(student, model, images, labels, augment, cfg, args.sharpness, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps = []
     for step in range(args.steps):
@@ -68,6 +75,7 @@ def probe(args: argparse.Namespace) -> dict:
     return {
         "what": "first steps of stage-2 fine-tuning (bench/probe_finetune.py)",
         "profile": cfg.profile, "seed": cfg.seed, "steps": steps, "test_top1_after_steps": accuracy,
+        **({"sharpness": sharpness} if sharpness else {}),
         "image_set": {k: v for k, v in image_set.meta.items() if not isinstance(v, torch.Tensor)},
         "teacher": teacher.info, "teacher_id": teacher_identity(teacher.info), "config": to_dict(cfg),
         "overrides": list(args.overrides), "git_commit": git_commit(), "machine": machine_info(device),
@@ -75,11 +83,42 @@ def probe(args: argparse.Namespace) -> dict:
     }
 
 
+def measure_sharpness(
+    student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, augment,  # noqa: ANN001
+    cfg, iterations: int, device: torch.device,  # noqa: ANN001
+) -> dict | None:
+    """Top Hessian eigenvalue of the KD loss on one batch (its own generator) and the optimizer's lr bound there."""
+    if iterations <= 0:
+        return None
+    ft = cfg.finetune
+    generator = torch.Generator().manual_seed(cfg.seed + 7919)  # apart from the steps' draws
+    idx = torch.randint(len(images), (min(ft.batch_size, len(images)),), generator=generator)
+    x, y = augment(images[idx].to(device), generator), labels[idx].to(device)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    tic = time.perf_counter()
+    result = top_hessian_eigenvalue(
+        lambda: kd_loss_intraq(student(x), teacher_logits, y, ft.temperature, ft.alpha),
+        list(student.parameters()), iterations=iterations, generator=generator,
+    )
+    curvature = result.top_eigenvalue + ft.weight_decay  # weight decay adds its coefficient to every eigenvalue
+    bound = momentum_lr_bound(curvature, ft.momentum, ft.nesterov)
+    print(f"sharpness {result.top_eigenvalue:.1f} ({result.iterations} iterations"
+          f"{'' if result.converged else ', not converged'}): lr bound {bound:.3g}, lr {ft.lr:g} = "
+          f"{ft.lr / bound:.2f} x bound", flush=True)
+    return {**result.to_dict(), "lr_bound": bound, "lr_over_bound": ft.lr / bound,
+            "seconds": time.perf_counter() - tic,
+            "note": "top Hessian eigenvalue of the KD loss (straight-through surrogate) at the calibrated student, one "
+                    "augmented batch; lr_bound: largest stable lr of the case's SGD on a quadratic of that curvature"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cifar10-cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sharpness", type=int, default=0, metavar="N",
+                        help="first measure the KD loss's sharpness with N power iterations (0: skip)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -89,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     record = probe(args)
-    name = config_hash({"config": record["config"], "steps": args.steps})
+    name = config_hash({"config": record["config"], "steps": args.steps,
+                        **({"sharpness": args.sharpness} if args.sharpness else {})})
     out = save_json(record, Path(args.out) / f"{record['profile']}-{name}-seed{record['seed']}.json")
     print(f"wrote {out}")
     return 0

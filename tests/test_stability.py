@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from intraq.finetune.stability import momentum_lr_bound, top_hessian_eigenvalue
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.9, True)])
+def test_the_lr_bound_is_where_torchs_sgd_starts_to_diverge(momentum, nesterov):
+    curvature = 250.0
+    bound = momentum_lr_bound(curvature, momentum, nesterov)
+
+    def final_distance(lr: float) -> float:
+        w = torch.nn.Parameter(torch.ones(()))
+        opt = torch.optim.SGD([w], lr=lr, momentum=momentum, nesterov=nesterov)
+        for _ in range(400):
+            opt.zero_grad()
+            (0.5 * curvature * w * w).backward()
+            opt.step()
+        return abs(w.item())
+
+    assert final_distance(0.97 * bound) < 1.0  # shrinks (slowly, this close to the bound)
+    assert not final_distance(1.03 * bound) <= 1e3  # grows without limit (to inf/NaN for the fast growers)
+    assert momentum_lr_bound(0.0, momentum, nesterov) == float("inf")
+
+
+def test_power_iteration_finds_the_largest_eigenvalue_of_a_known_hessian():
+    generator = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator))
+    eigenvalues = torch.tensor([40.0, 12.0, 5.0, 1.0, 0.5, 0.1])
+    hessian = q @ torch.diag(eigenvalues) @ q.T
+    a = torch.nn.Parameter(torch.randn(4, generator=generator))
+    b = torch.nn.Parameter(torch.randn(2, generator=generator))
+
+    def loss():
+        w = torch.cat([a, b])
+        return 0.5 * w @ hessian @ w  # a quadratic: its Hessian is `hessian` everywhere
+
+    result = top_hessian_eigenvalue(loss, [a, b], iterations=200, tolerance=1e-7, generator=generator)
+    assert result.converged
+    assert result.top_eigenvalue == pytest.approx(40.0, rel=1e-4)
+
+
+def test_power_iteration_through_the_straight_through_quantizer():
+    # The lineage's STE passes gradients unchanged, so second derivatives go through it too (no error, finite).
+    from intraq.config import QuantConfig
+    from intraq.quantize import quantize_model, set_act_calibration
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    student = quantize_model(model, QuantConfig(weight_bits=4, act_bits=4))
+    x = torch.randn(8, 3, 8, 8)
+    set_act_calibration(student, True)
+    with torch.no_grad():
+        student(x)
+    set_act_calibration(student, False)
+    result = top_hessian_eigenvalue(lambda: student(x).pow(2).mean(), list(student.parameters()), iterations=10)
+    assert torch.isfinite(torch.tensor(result.estimates)).all() and result.top_eigenvalue > 0
+
+
+def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("probe_finetune", root / "bench" / "probe_finetune.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def run(sharpness: int, out: Path) -> dict:
+        args = ["--profile", "smoke", "--steps", "3", "--threads", "1", "--artifacts", str(tmp_path / "artifacts"),
+                "--out", str(out), "--sharpness", str(sharpness),
+                "--set", "synth.num_images=64", "--set", "synth.iterations=20", "--set", "finetune.iters_per_epoch=5"]
+        assert probe.main(args) == 0
+        (record,) = out.glob("*.json")
+        return json.loads(record.read_text())
+
+    with_sharpness, without = run(4, tmp_path / "a"), run(0, tmp_path / "b")
+    measured = with_sharpness["sharpness"]
+    assert measured["iterations"] >= 2 and measured["top_eigenvalue"] > 0
+    assert measured["lr_bound"] == pytest.approx(momentum_lr_bound(
+        measured["top_eigenvalue"] + with_sharpness["config"]["finetune"]["weight_decay"],
+        with_sharpness["config"]["finetune"]["momentum"], with_sharpness["config"]["finetune"]["nesterov"]))
+    assert "sharpness" not in without
+    assert [s["kd_loss"] for s in with_sharpness["steps"]] == [s["kd_loss"] for s in without["steps"]]
