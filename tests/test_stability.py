@@ -84,3 +84,35 @@ def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
         with_sharpness["config"]["finetune"]["momentum"], with_sharpness["config"]["finetune"]["nesterov"]))
     assert "sharpness" not in without
     assert [s["kd_loss"] for s in with_sharpness["steps"]] == [s["kd_loss"] for s in without["steps"]]
+
+
+def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_the_function():
+    # conv -> BN (eval) -> ReLU -> linear. Scaling the conv by c and BN's running mean by c, variance by c^2 keeps
+    # the function (eps aside) and divides the curvature in the conv's weights by c^2: why a teacher's recipe moves
+    # the stage-2 lr bound whatever its accuracy.
+    nn = torch.nn
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=1e-12)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(4))
+        bn.running_var.copy_(torch.rand(4) + 0.5)
+        bn.weight.copy_(torch.rand(4) + 0.5)
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(16, 3, 8, 8)
+    target = torch.randn(16, 3)
+
+    def sharpness(m):
+        loss = lambda: (m(x) - target).pow(2).mean()  # noqa: E731
+        return top_hessian_eigenvalue(loss, [m[0].weight], iterations=200, tolerance=1e-8,
+                                      generator=torch.Generator().manual_seed(1)).top_eigenvalue
+
+    import copy
+
+    c = 3.0
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[0].weight.mul_(c)
+        scaled[1].running_mean.mul_(c)
+        scaled[1].running_var.mul_(c * c)
+    torch.testing.assert_close(scaled(x), model(x))
+    assert sharpness(scaled) == pytest.approx(sharpness(model) / c**2, rel=1e-3)
