@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from intraq.artifacts import save_json
-from intraq.config import apply_overrides, config_hash, to_dict
+from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.kd import kd_loss_intraq
 from intraq.finetune.stability import momentum_lr_bound, top_hessian_eigenvalue
-from intraq.finetune.trainer import calibrate, kd_backward, make_optimizer
+from intraq.finetune.trainer import Augment, calibrate, kd_backward, make_optimizer
 from intraq.pipeline import RunPaths, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
 from intraq.quantize import quantize_model
@@ -84,8 +84,8 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def measure_sharpness(
-    student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, augment,  # noqa: ANN001
-    cfg, iterations: int, device: torch.device,  # noqa: ANN001
+    student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: Augment,
+    cfg: RunConfig, iterations: int, device: torch.device,
 ) -> dict | None:
     """Top Hessian eigenvalue of the KD loss on one batch (its own generator) and the optimizer's lr bound there."""
     if iterations <= 0:

@@ -3,10 +3,10 @@
 Fine-tuning at the official lr 1e-4 diverges on some teachers and image sets and not on others (issue 17). Near
 a minimum, SGD with momentum is stable only while lr * lambda_max stays below a bound set by the momentum, where
 lambda_max is the largest eigenvalue of the loss's Hessian (its sharpness). Measuring lambda_max at the start of
-fine-tuning (Hessian-vector products by double backward, power iteration) says, in seconds, how far an lr is from
-that bound, before a run spends hours finding out. With the lineage's straight-through quantizers the Hessian is
-that of the straight-through surrogate (the full-precision network evaluated at the quantized weights and
-activations), which is what SGD follows.
+fine-tuning (Hessian-vector products by double backward, power iteration) says within a minute on a CPU how far an
+lr is from that bound, before a run spends hours finding out. With the lineage's straight-through quantizers the
+Hessian is that of the straight-through surrogate (the full-precision network evaluated at the quantized weights
+and activations), which is what SGD follows.
 """
 
 from __future__ import annotations
