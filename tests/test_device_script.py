@@ -59,7 +59,12 @@ def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
     proc = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (tmp_path / "summary.txt").read_text().strip() == "teacher finished"
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert summary[0] == "teacher finished"
+    assert summary[1].startswith("real images: sharpness ") and "x bound" in summary[1], proc.stdout[-2000:]
+    (probe,) = (tmp_path / "finetune-probe").glob("*.json")
+    assert json.loads(probe.read_text())["sharpness"]["top_eigenvalue"] > 0
+    assert not (tmp_path / ".probe-artifacts").exists()
     sidecar = json.loads((tmp_path / "digits_cnn-digits-e2.json").read_text())
     assert sidecar["recipe"]["train_epochs"] == 2 and sidecar["torch"] and "test_top1" in sidecar
     again = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,

@@ -10,7 +10,8 @@
 # beside the checkpoint, about 2 MB): a run stopped by the time limit (SIGTERM, as Ctrl-C: the finished epochs
 # stay) continues from it the next time, on any machine, once that state is committed. OUTDIR receives the state,
 # or, once training has finished, the checkpoint with its sidecar (test top-1, recipe, machine) and checksum, and
-# summary.txt: "teacher finished", "teacher stopped at the time limit" or "teacher failed rc=N".
+# summary.txt: "teacher finished", "teacher stopped at the time limit" or "teacher failed rc=N", and for a finished
+# teacher, when the time limit leaves two minutes, its stage-2 sharpness on real images (bench/probe_finetune.py).
 set -uo pipefail
 
 DRY=0
@@ -69,6 +70,26 @@ else
       > "$OUT/summary.txt"; rc=1
   else
     echo "teacher failed rc=$rc" > "$OUT/summary.txt"
+  fi
+fi
+# A finished teacher's first question (issue 17): is the official stage-2 lr below the SGD stability bound for it?
+# Its KD-loss sharpness on real images at the calibrated W4A4 student, if the time limit leaves room (a minute or
+# two on a GPU); the record lands in OUTDIR/finetune-probe/ (results/diagnostics/README.md compares it).
+LEFT=$((LIMIT - SECONDS))
+if [[ -f "$SIDECAR" && $LEFT -ge 120 ]]; then
+  PROBE_ARTIFACTS="$OUT/.probe-artifacts"  # the real image set it builds: not handed back
+  PROBE=(--profile "$([[ $DRY -eq 1 ]] && echo smoke || echo cifar10)" --set "teacher.checkpoint=$CKPT"
+         --set synth.method=real --steps 0 --sharpness 20 --artifacts "$PROBE_ARTIFACTS" --out "$OUT/finetune-probe")
+  if [[ $DRY -eq 1 ]]; then PROBE+=(--device cpu --threads 1); else PROBE+=(--set "data.root=$DATA" --device cuda); fi
+  prc=0
+  timeout --signal=TERM --kill-after=30 $((LEFT - 30)) "$PY" bench/probe_finetune.py "${PROBE[@]}" \
+    > "$OUT/sharpness.log" 2>&1 || prc=$?
+  rm -rf "$PROBE_ARTIFACTS"
+  if [[ $prc -eq 0 ]]; then
+    grep -a -o "sharpness [^:]*: lr bound .* x bound" "$OUT/sharpness.log" | tail -n 1 | sed 's/^/real images: /' \
+      >> "$OUT/summary.txt"
+  else
+    echo "sharpness probe failed rc=$prc (see sharpness.log); the teacher itself is fine" >> "$OUT/summary.txt"
   fi
 fi
 for f in "$CKPT" "$CKPT.sha256" "$SIDECAR" "$STATE" "$STATE.sha256"; do
