@@ -74,13 +74,18 @@ else
 fi
 # A finished teacher's first question (issue 17): is the official stage-2 lr below the SGD stability bound for it?
 # Its KD-loss sharpness on real images at the calibrated W4A4 student, if the time limit leaves room (a minute or
-# two on a GPU); the record lands in OUTDIR/finetune-probe/ (results/diagnostics/README.md compares it).
+# two on a GPU) and OUTDIR holds no probe record yet; the record lands in OUTDIR/finetune-probe/ (compare it with
+# results/diagnostics/README.md).
 LEFT=$((LIMIT - SECONDS))
-if [[ -f "$SIDECAR" && $LEFT -ge 120 ]]; then
+if [[ -f "$SIDECAR" && $LEFT -ge 120 ]] && ! compgen -G "$OUT/finetune-probe/*.json" > /dev/null; then
   PROBE_ARTIFACTS="$OUT/.probe-artifacts"  # the real image set it builds: not handed back
   PROBE=(--profile "$([[ $DRY -eq 1 ]] && echo smoke || echo cifar10)" --set "teacher.checkpoint=$CKPT"
          --set synth.method=real --steps 0 --sharpness 20 --artifacts "$PROBE_ARTIFACTS" --out "$OUT/finetune-probe")
-  if [[ $DRY -eq 1 ]]; then PROBE+=(--device cpu --threads 1); else PROBE+=(--set "data.root=$DATA" --device cuda); fi
+  if [[ $DRY -eq 1 ]]; then
+    PROBE+=(--device cpu --threads 1 --set synth.num_images=64 --set finetune.iters_per_epoch=5)  # seconds, not minutes
+  else
+    PROBE+=(--set "data.root=$DATA" --device cuda)
+  fi
   prc=0
   timeout --signal=TERM --kill-after=30 $((LEFT - 30)) "$PY" bench/probe_finetune.py "${PROBE[@]}" \
     > "$OUT/sharpness.log" 2>&1 || prc=$?
