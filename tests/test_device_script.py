@@ -54,7 +54,8 @@ def test_equality_verdicts_follow_the_tolerances(gap, ok):
 
 
 def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    # at another weight decay (TEACHER_WD), which names its own checkpoint
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TEACHER_WD": "1e-3"}
     script = str(ROOT / "bench/device/teacher.sh")
     proc = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -65,8 +66,9 @@ def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
     (probe,) = (tmp_path / "finetune-probe").glob("*.json")
     assert json.loads(probe.read_text())["sharpness"]["top_eigenvalue"] > 0
     assert not (tmp_path / ".probe-artifacts").exists()
-    sidecar = json.loads((tmp_path / "digits_cnn-digits-e2.json").read_text())
+    sidecar = json.loads((tmp_path / "digits_cnn-digits-e2-wd1e-3.json").read_text())
     assert sidecar["recipe"]["train_epochs"] == 2 and sidecar["torch"] and "test_top1" in sidecar
+    assert sidecar["recipe"]["train_weight_decay"] == 1e-3
     again = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "already finished" in (tmp_path / "summary.txt").read_text()

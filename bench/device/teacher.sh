@@ -4,6 +4,8 @@
 #   bash bench/device/teacher.sh DATA OUTDIR [SECONDS]   # on the GPU machine, from the repository root
 #   bash bench/device/teacher.sh --dry-run OUTDIR         # anywhere: the same steps, 2 epochs of the digits CNN
 #
+# TEACHER_WD=1e-4 trains the same recipe at another weight decay into its own file (…-e200-wd1e-4.pt): the
+# stage-2 sharpness depends on the teacher's weight scale, which weight decay sets (results/diagnostics/README.md).
 # DATA is the CIFAR-10 JPEG archive, carried with the tree (e.g. artifacts/device/cifar10-jpeg.tar.gz; the machine
 # has no network). Trains ResNet-20 with the project's recipe at TEACHER_EPOCHS (default 200) epochs into
 # resume/teacher-cifar10/resnet20-cifar10-e<EPOCHS>.pt. Training saves its state after every epoch (`.state`
@@ -42,6 +44,9 @@ else
   fi
   FOLDER="resume/teacher-cifar10"; NAME="resnet20-cifar10-e$EPOCHS.pt"
   ARGS=(--profile cifar10 --data-root "$DATA" --set "teacher.train_epochs=$EPOCHS" --device cuda)
+fi
+if [[ -n "${TEACHER_WD:-}" ]]; then  # another weight decay (the recipe's is 5e-4): its own checkpoint and state
+  NAME="${NAME%.pt}-wd$TEACHER_WD.pt"; ARGS+=(--set "teacher.train_weight_decay=$TEACHER_WD")
 fi
 mkdir -p "$FOLDER"
 CKPT="$FOLDER/$NAME"
