@@ -184,7 +184,8 @@ def _train(
         model.train()
         order = torch.randperm(n, generator=generator)
         loss_sum = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
+        steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for step in steps:  # minutes per epoch on a CPU: the inner bar shows that it moves
             x, y = data.train.batch(order[step * cfg.train_batch_size : (step + 1) * cfg.train_batch_size])
             if cfg.train_augment:
                 x = random_crop_flip(x, padding=max(1, data.image_size // 8), generator=generator)
