@@ -102,6 +102,9 @@ def measure_sharpness(
         list(student.parameters()), iterations=iterations, generator=generator,
     )
     curvature = result.top_eigenvalue + ft.weight_decay  # weight decay adds its coefficient to every eigenvalue
+    if curvature <= 0:
+        print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result.top_eigenvalue:.1f}); no lr "
+              "bound follows from it", flush=True)
     bound = momentum_lr_bound(curvature, ft.momentum, ft.nesterov)
     print(f"sharpness {result.top_eigenvalue:.1f} ({result.iterations} iterations"
           f"{'' if result.converged else ', not converged'}): lr bound {bound:.3g}, lr {ft.lr:g} = "
@@ -109,7 +112,8 @@ def measure_sharpness(
     return {**result.to_dict(), "lr_bound": bound, "lr_over_bound": ft.lr / bound,
             "seconds": time.perf_counter() - tic,
             "note": "top Hessian eigenvalue of the KD loss (straight-through surrogate) at the calibrated student, one "
-                    "augmented batch; lr_bound: largest stable lr of the case's SGD on a quadratic of that curvature"}
+                    "augmented batch (power iteration: approached from below); lr_bound: largest stable lr of the "
+                    "case's SGD on a quadratic of that curvature"}
 
 
 def main(argv: list[str] | None = None) -> int:

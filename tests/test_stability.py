@@ -84,12 +84,13 @@ def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
         with_sharpness["config"]["finetune"]["momentum"], with_sharpness["config"]["finetune"]["nesterov"]))
     assert "sharpness" not in without
     assert [s["kd_loss"] for s in with_sharpness["steps"]] == [s["kd_loss"] for s in without["steps"]]
+    assert with_sharpness["test_top1_after_steps"] == without["test_top1_after_steps"]
 
 
 def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_the_function():
     # conv -> BN (eval) -> ReLU -> linear. Scaling the conv by c and BN's running mean by c, variance by c^2 keeps
-    # the function (eps aside) and divides the curvature in the conv's weights by c^2: why a teacher's recipe moves
-    # the stage-2 lr bound whatever its accuracy.
+    # the function (eps aside) and its quantized student, and divides the curvature in the conv's weights by c^2:
+    # why a teacher's recipe moves the stage-2 lr bound whatever its accuracy.
     nn = torch.nn
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=1e-12)
@@ -108,7 +109,7 @@ def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_th
 
     import copy
 
-    c = 3.0
+    c = 2.0  # a power of two: the per-channel weight grid scales exactly with it
     scaled = copy.deepcopy(model)
     with torch.no_grad():
         scaled[0].weight.mul_(c)
@@ -116,3 +117,15 @@ def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_th
         scaled[1].running_var.mul_(c * c)
     torch.testing.assert_close(scaled(x), model(x))
     assert sharpness(scaled) == pytest.approx(sharpness(model) / c**2, rel=1e-3)
+
+    # and their W4A4 students (per-channel min/max weights, activation ranges calibrated on the same batch) agree
+    from intraq.config import QuantConfig
+    from intraq.quantize import quantize_model, set_act_calibration
+
+    students = [quantize_model(m, QuantConfig(weight_bits=4, act_bits=4)).eval() for m in (model, scaled)]
+    for student in students:
+        set_act_calibration(student, True)
+        with torch.no_grad():
+            student(x)
+        set_act_calibration(student, False)
+    torch.testing.assert_close(students[1](x), students[0](x))

@@ -61,6 +61,7 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
     assert [h["epoch"] for h in sidecar["history"]] == [0, 1, 2, 3]
     assert all(h["train_loss"] > 0 for h in sidecar["history"])
     assert [h.get("test_top1") for h in sidecar["history"]] == [None, None, None, sidecar["test_top1"]]
+    assert sidecar["history_from_epoch"] == 0
 
     # Interrupted after epoch 0 of 2 (the save of epoch 1 fails): the rerun resumes at epoch 1 and ends with
     # the same weights as a straight run.
@@ -87,7 +88,7 @@ def test_recipe_learns_digits_and_resumes(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     # each stretch says which epochs it ran (and where); the history survives the restart
     assert [(s["first_epoch"], s["last_epoch"]) for s in resumed_sidecar["sittings"]] == [(0, 0), (1, 1)]
-    assert [h["epoch"] for h in resumed_sidecar["history"]] == [0, 1]
+    assert [h["epoch"] for h in resumed_sidecar["history"]] == [0, 1] and resumed_sidecar["history_from_epoch"] == 0
 
 
 def test_evaluating_during_training_is_kept_in_the_history_and_does_not_change_the_weights(tmp_path):
@@ -116,7 +117,7 @@ def test_a_teacher_state_from_before_sittings_resumes_and_says_its_first_epochs_
     real_save = train_module.save_torch
 
     def stop_after_first(obj, path):
-        real_save({k: v for k, v in obj.items() if k != "sittings"}, path)  # as older code wrote it
+        real_save({k: v for k, v in obj.items() if k not in ("sittings", "history", "history_from_epoch")}, path)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "save_torch", stop_after_first)
@@ -128,6 +129,8 @@ def test_a_teacher_state_from_before_sittings_resumes_and_says_its_first_epochs_
     first, second = sidecar["sittings"]
     assert (first["first_epoch"], first["last_epoch"], second["first_epoch"], second["last_epoch"]) == (0, 0, 1, 1)
     assert "unrecorded" in first and "git_commit" in second
+    # nor its history: the record says where that starts
+    assert sidecar["history_from_epoch"] == 1 and [h["epoch"] for h in sidecar["history"]] == [1]
 
 
 def test_a_teacher_path_that_does_not_exist_is_an_error_not_a_new_teacher(tmp_path):
@@ -304,3 +307,6 @@ def test_a_second_training_of_the_same_teacher_is_refused_or_waits_for_the_first
     assert sidecar["sha256"] == first["sidecar"]["sha256"] and len(sidecar["sittings"]) == 1
     assert not training_marker_path(out).exists() and not out.with_suffix(".state").exists()
     assert not model.training
+    # finished between a caller's look and its lock (no wait at all): still taken, not trained again
+    _, again = train_teacher(cfg, data, out, seed=0, device=cpu, progress=False, wait=True)
+    assert again["sha256"] == first["sidecar"]["sha256"]

@@ -49,7 +49,9 @@ def top_hessian_eigenvalue(
 ) -> Sharpness:
     """Power iteration on the Hessian of `loss_fn()` with respect to `params` (one forward, one graph kept).
 
-    Finds the eigenvalue of largest magnitude; at the start of fine-tuning that is the largest positive one."""
+    Finds the eigenvalue of largest magnitude; at the start of fine-tuning that is normally the largest positive
+    one (a negative result says otherwise, and no lr bound follows from it). The Rayleigh quotient approaches it
+    from below, so a bound computed from it errs on the high side by about the tolerance."""
     params = [p for p in params if p.requires_grad]
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)

@@ -124,7 +124,7 @@ def train_teacher(
     in between changes nothing in training (eval mode, no randomness), so the weights do not depend on it.
 
     One process at a time trains a given `out_path` (`exclusive_training`): another is refused, or with `wait`
-    waits and, when the first has finished the teacher meanwhile, returns that one instead of training again."""
+    waits and, when the teacher exists once it holds the lock, returns that one instead of training again."""
     if eval_every < 0:
         raise UserInputError(f"eval_every must be >= 0 (0: evaluate only at the end), got {eval_every}")
     if not isinstance(data.train, TensorImageDataset):
@@ -133,8 +133,8 @@ def train_teacher(
             "pretrained teacher (teacher.source=torchvision or pytorchcv, or teacher.checkpoint=FILE)"
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_training(out_path, wait) as waited:
-        if waited and out_path.exists():
+    with exclusive_training(out_path, wait):
+        if wait and out_path.exists():  # finished by another process since the caller looked (waiting or not)
             model = build_model(cfg.name, data.num_classes, data.channels)
             sidecar = load_teacher_weights(model, out_path)
             return model.to(device).eval(), sidecar
@@ -165,7 +165,7 @@ def _train(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     state_path = out_path.with_suffix(".state")
-    start_epoch, elapsed, sittings, history = 0, 0.0, [], []
+    start_epoch, elapsed, sittings, history, history_from = 0, 0.0, [], [], 0
     if state_path.exists():
         state = load_torch(state_path)
         model.load_state_dict(state["model"])
@@ -173,7 +173,9 @@ def _train(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
-        history = state.get("history", [])  # a state from before history was kept: its epochs have none
+        # A state from before history was kept: its epochs have none, and the record says from where it starts.
+        history = state.get("history", [])
+        history_from = state.get("history_from_epoch", 0 if "history" in state else start_epoch)
         sittings = state.get("sittings") or [{"first_epoch": 0, "last_epoch": state["epoch"], "unrecorded": (
             "a state written before sittings were kept: where these epochs ran is in the commits that stored it")}]
     # One entry per (re)start: a teacher trained over several sessions and machines says which epochs ran where.
@@ -215,6 +217,7 @@ def _train(
                     "elapsed": elapsed,
                     "sittings": sittings,
                     "history": history,
+                    "history_from_epoch": history_from,
                 },
                 state_path,
             )
@@ -237,6 +240,7 @@ def _train(
         "torch_threads": torch.get_num_threads(),  # CPU float summation order, hence the weights, depends on it
         "sittings": [sit for sit in sittings if sit["last_epoch"] is not None],  # a restart that ran no epoch: none
         "history": history,  # per epoch: train_loss, lr at its end, test_top1 where evaluated
+        "history_from_epoch": history_from,  # > 0: the first epochs ran before history was kept
     }
     with deferred_interrupts():  # checkpoint, sidecar and the state's removal go together
         sidecar = save_teacher(model, out_path, info)
