@@ -310,3 +310,24 @@ def test_a_second_training_of_the_same_teacher_is_refused_or_waits_for_the_first
     # finished between a caller's look and its lock (no wait at all): still taken, not trained again
     _, again = train_teacher(cfg, data, out, seed=0, device=cpu, progress=False, wait=True)
     assert again["sha256"] == first["sidecar"]["sha256"]
+
+
+def test_an_interrupt_during_the_epochs_evaluation_keeps_the_epoch_and_its_accuracy(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import intraq.teacher.train as train_module
+    from intraq.artifacts import load_torch
+
+    data = build_data(DataConfig("digits"))
+    cfg = TeacherConfig(name="digits_cnn", train_epochs=2, train_batch_size=64)
+
+    def interrupted_evaluation(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the epoch's test top-1 is measured
+        return 50.0
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, data, tmp_path / "t.pt", seed=0, device=torch.device("cpu"), progress=False, eval_every=1)
+    state = load_torch(tmp_path / "t.state")
+    assert state["epoch"] == 0 and state["history"] == [{**state["history"][0], "test_top1": 50.0}]

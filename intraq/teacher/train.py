@@ -200,13 +200,12 @@ def _train(
             loss_sum += loss.detach()
         elapsed += time.perf_counter() - tic
         entry = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0]}
-        if eval_every and (epoch + 1) % eval_every == 0 and epoch < cfg.train_epochs - 1:  # the last: below
-            entry["test_top1"] = evaluate(model, data.test, device=device)
-        history.append(entry)
-        bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
-                        **({"test": f"{entry['test_top1']:.2f}%"} if "test_top1" in entry else {}))
-        sittings[-1]["last_epoch"] = epoch
-        with deferred_interrupts():  # a finished epoch is never lost to a Ctrl-C/SIGTERM during its save
+        # A finished epoch is never lost to a Ctrl-C/SIGTERM during its evaluation or save (a second one stops at once).
+        with deferred_interrupts():
+            if eval_every and (epoch + 1) % eval_every == 0 and epoch < cfg.train_epochs - 1:  # the last: below
+                entry["test_top1"] = evaluate(model, data.test, device=device)
+            history.append(entry)
+            sittings[-1]["last_epoch"] = epoch
             save_torch(
                 {
                     "model": model.state_dict(),
@@ -221,6 +220,8 @@ def _train(
                 },
                 state_path,
             )
+        bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
+                        **({"test": f"{entry['test_top1']:.2f}%"} if "test_top1" in entry else {}))
     model.eval()
     accuracy = evaluate(model, data.test, device=device)
     if history and history[-1]["epoch"] == cfg.train_epochs - 1:
