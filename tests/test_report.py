@@ -485,12 +485,9 @@ def _official_record(teacher_id: str, losses: list[float], accuracies: list[floa
             "images": "/somewhere/synthesis/intraq-v2-abc123", "epochs": epochs, "steps": steps}
 
 
-@pytest.mark.parametrize("trained", [False, True])
-def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
-    tmp_path: Path, fixture_results: Path, trained: bool
-) -> None:
-    """A diverged run with an official-trainer record on the same teacher and images: the header says what the
-    authors' code did there; a record on another teacher is not mentioned."""
+def _with_diverged_shared_run(tmp_path: Path, fixture_results: Path) -> Path:
+    """A copy of the fixture results whose shared cell's seed-0 run diverged at epoch 4, on teacher `feedbeef` and
+    the image set folder `intraq-v2-abc123`, at lr 1e-4 with Nesterov momentum 0.9."""
     import shutil
 
     results = tmp_path / "results"
@@ -505,8 +502,50 @@ def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
         **json.loads(run.read_text()), "case": SHARED, "seed": 0, "profile": PROFILE, "method": "intraq",
         "accuracy": {"teacher": 98.0, "after_calibration": 80.0, "final_epoch": 10.0, "best_epoch": 82.0,
                      "best_epoch_index": 3, "diverged_at_epoch": 4},
-        "teacher": {"name": "fixture_cnn", "sha256": "feedbeef"}, "config": {}, "seconds": {"total": 10.0},
-        "git_commit": "fixture", "machine": {}, "synthesis": {"cache_dir": "/runs/synthesis/intraq-v2-abc123"}}))
+        "teacher": {"name": "fixture_cnn", "sha256": "feedbeef"},
+        "config": {"finetune": {"lr": 1e-4, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}},
+        "seconds": {"total": 10.0}, "git_commit": "fixture", "machine": {},
+        "synthesis": {"cache_dir": "/runs/synthesis/intraq-v2-abc123"}}))
+    return results
+
+
+def test_header_says_how_far_a_diverged_runs_lr_was_from_stable(tmp_path: Path, fixture_results: Path) -> None:
+    """Sharpness probes on a diverged run's teacher and images: the header gives their sharpness and the run's lr
+    as a multiple of its SGD's stability bound; probes on other inputs or without sharpness are left out."""
+    from intraq.finetune.stability import momentum_lr_bound
+
+    results = _with_diverged_shared_run(tmp_path, fixture_results)
+    probes = results / "diagnostics" / "finetune-probe"
+    probes.mkdir(parents=True)
+
+    def probe(name: str, sharpness: float | None, teacher: str = "feedbeef", folder: str = "intraq-v2-abc123") -> None:
+        blob = {"teacher_id": teacher, "image_set": {"cache_dir": f"/elsewhere/synthesis/{folder}"}, "steps": []}
+        if sharpness is not None:
+            blob["sharpness"] = {"top_eigenvalue": sharpness}
+        (probes / f"{name}.json").write_text(json.dumps(blob))
+
+    probe("a", 20000.0)
+    probe("b", 22000.4)
+    probe("no-sharpness", None)
+    probe("other-teacher", 1.0, teacher="another")
+    probe("other-set", 1.0, folder="intraq-v2-zzz")
+    (probes / "broken.json").write_text("{not json")
+    line = next(x for x in _header(results, PROFILE).splitlines() if "How far from stable" in x)
+    ratio = 1e-4 / momentum_lr_bound(22000.0 + 1e-4, 0.9, True)
+    assert f"sharpness at 20,000 to 22,000, so the run's lr 0.0001 is {ratio:.2f}x" in line
+    assert "finetune-probe/a.json" in line and "finetune-probe/b.json" in line
+    for left_out in ("no-sharpness", "other-teacher", "other-set", "broken"):
+        assert left_out not in line
+    assert "How far from stable" not in _header(fixture_results, PROFILE)  # nothing diverged there
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
+    tmp_path: Path, fixture_results: Path, trained: bool
+) -> None:
+    """A diverged run with an official-trainer record on the same teacher and images: the header says what the
+    authors' code did there; a record on another teacher is not mentioned."""
+    results = _with_diverged_shared_run(tmp_path, fixture_results)
     official = results / "diagnostics" / "official-stage2"
     official.mkdir(parents=True)
     losses = [11.0, 12.0, 9.0] if trained else [11.0, 199.0, float("nan")]

@@ -33,7 +33,7 @@ def _official_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
-def _inputs(results: Path, profile: str, result_file: str) -> tuple[str, str] | None:
+def run_inputs(results: Path, profile: str, result_file: str) -> tuple[str, str] | None:
     """(image set folder name, teacher identity) of one run record, or None when it has no synthetic set."""
     path = results / profile / result_file
     if not path.is_file():
@@ -71,7 +71,7 @@ def official_beside_diverged(results: Path, profile: str, diverged: list[tuple[s
         return []
     out = []
     for label, seed, result_file in diverged:
-        inputs = _inputs(results, profile, result_file)
+        inputs = run_inputs(results, profile, result_file)
         if inputs is None:
             continue
         for path, blob in records:

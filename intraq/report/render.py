@@ -29,6 +29,7 @@ from intraq.report.curves import curves_beside
 from intraq.report.load import BenchResults, load_results, summarize
 from intraq.report.official_runs import official_beside_diverged
 from intraq.report.overrides import describe_settings
+from intraq.report.stability_probes import sharpness_beside_diverged
 from intraq.report.timing import compute_of, describe
 from intraq.tables import FIGURE_CLAIM, METRIC_LABELS, PAPER_BASE_IMAGES, Table, all_tables
 
@@ -207,12 +208,14 @@ def header_blocks(res: BenchResults) -> list[Block]:
             f"Fine-tuning diverged (non-finite KD loss; the run stopped there, its best epoch counts the epochs "
             f"before) in {len(diverged)} of {len(runs)} runs: {listed}."
         )
-        beside = official_beside_diverged(
-            res.results_dir, res.profile,
-            [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples()
-             if isinstance(r.result_file, str)])  # cell files from before result_file have none (NaN here)
+        runs_with_files = [(f"{r.table}/{r.cell}", int(r.seed), r.result_file) for r in diverged.itertuples()
+                           if isinstance(r.result_file, str)]  # cell files from before result_file have none (NaN)
+        beside = official_beside_diverged(res.results_dir, res.profile, runs_with_files)
         if beside:
             items.append("The official stage 2 on the same inputs: " + "; ".join(beside) + ".")
+        bounds = sharpness_beside_diverged(res.results_dir, res.profile, runs_with_files)
+        if bounds:
+            items.append("How far from stable: " + "; ".join(bounds) + ".")
     items += [
         "Accuracy columns: " + "; ".join(f"*{k.replace('_', ' ')}* = {v}" for k, v in METRIC_LABELS.items()) + ". "
         "Every `mean ± sd (n=k)`: ± = sample standard deviation (ddof 1) over the n seeds.",

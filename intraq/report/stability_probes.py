@@ -1,0 +1,75 @@
+"""The stage-2 stability bound beside a diverged run: `bench/probe_finetune.py --sharpness` records on its inputs.
+
+A run that diverges at its lr raises the question of how far that lr was from stable. `bench/probe_finetune.py
+--sharpness N` measures the KD loss's sharpness at a calibrated student of the same teacher and images and the lr
+bound of the case's SGD there (`intraq.finetune.stability`); its records live in
+`<results>/diagnostics/finetune-probe/`. The report's header states, per diverged run, the sharpness measured on the
+same teacher (by weights' identity) and images (by set folder), and the run's lr as a multiple of the bound.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from intraq.errors import UserInputError
+from intraq.finetune.stability import momentum_lr_bound
+from intraq.report.official_runs import run_inputs
+from intraq.results import read_result
+
+PROBE_DIR = Path("diagnostics") / "finetune-probe"
+
+
+def _sharpness_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
+    folder = results / PROBE_DIR
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            blob = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a report never fails for a diagnostic it cannot read
+        if not isinstance(blob, dict):
+            continue
+        sharpness, image_set = blob.get("sharpness"), blob.get("image_set")
+        if (isinstance(sharpness, dict) and isinstance(sharpness.get("top_eigenvalue"), int | float)
+                and isinstance(image_set, dict) and isinstance(image_set.get("cache_dir"), str)
+                and isinstance(blob.get("teacher_id"), str)):  # only probes that measured it, on a named set
+            out.append((path, blob))
+    return out
+
+
+def _run_finetune(results: Path, profile: str, result_file: str) -> dict[str, Any] | None:
+    try:
+        return read_result(results / profile / result_file).config.get("finetune")
+    except (OSError, UserInputError):
+        return None
+
+
+def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[str, int, str]]) -> list[str]:
+    """Per diverged run (label, seed, result file) with a sharpness probe on its inputs, one sentence."""
+    records = _sharpness_records(results)
+    if not records:
+        return []
+    out = []
+    for label, seed, result_file in diverged:
+        inputs = run_inputs(results, profile, result_file)
+        finetune = _run_finetune(results, profile, result_file) if inputs else None
+        if not finetune:
+            continue
+        matching = [(path, blob) for path, blob in records
+                    if (Path(blob["image_set"]["cache_dir"]).name, blob["teacher_id"]) == inputs]
+        if not matching:
+            continue
+        values = sorted({round(blob["sharpness"]["top_eigenvalue"]) for _, blob in matching})
+        measured = f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,} to {values[-1]:,}"
+        # the run's own optimizer at the largest measured sharpness (weight decay adds its coefficient)
+        bound = momentum_lr_bound(values[-1] + finetune["weight_decay"], finetune["momentum"], finetune["nesterov"])
+        shown = ", ".join(f"`{(Path(results.name) / path.relative_to(results)).as_posix()}`" for path, _ in matching)
+        out.append(
+            f"{label} seed {seed}: probes of stage 2 on the same teacher and images (each with its own calibration) "
+            f"measured the KD loss's sharpness at {measured}, so the run's lr {finetune['lr']:g} is "
+            f"{finetune['lr'] / bound:.2f}x the largest lr at which its SGD is stable on that curvature "
+            f"({bound:.2g}; {shown}, `bench/probe_finetune.py --sharpness`)"
+        )
+    return out
