@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,23 @@ from intraq.results import read_result
 OFFICIAL_STAGE2_DIR = Path("diagnostics") / "official-stage2"
 
 
-def _official_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
-    folder = results / OFFICIAL_STAGE2_DIR
+def diagnostic_records(folder: Path, accept: Callable[[dict[str, Any]], bool]) -> list[tuple[Path, dict[str, Any]]]:
+    """The JSON records in `folder` that `accept` takes; unreadable ones are skipped (a report never fails for a
+    diagnostic it cannot read)."""
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             blob = json.loads(path.read_text())
         except (OSError, ValueError):
-            continue  # a report never fails for a diagnostic it cannot read
-        if isinstance(blob, dict) and blob.get("images") and blob.get("teacher_id") and blob.get("epochs"):
+            continue
+        if isinstance(blob, dict) and accept(blob):
             out.append((path, blob))
     return out
+
+
+def _official_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
+    return diagnostic_records(results / OFFICIAL_STAGE2_DIR,
+                              lambda blob: bool(blob.get("images") and blob.get("teacher_id") and blob.get("epochs")))
 
 
 def run_inputs(results: Path, profile: str, result_file: str) -> tuple[str, str] | None:

@@ -9,34 +9,23 @@ same teacher (by weights' identity) and images (by set folder), and the run's lr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from intraq.errors import UserInputError
 from intraq.finetune.stability import momentum_lr_bound
-from intraq.report.official_runs import run_inputs
+from intraq.report.official_runs import diagnostic_records, run_inputs
 from intraq.results import read_result
 
 PROBE_DIR = Path("diagnostics") / "finetune-probe"
 
 
-def _sharpness_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
-    folder = results / PROBE_DIR
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            blob = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a report never fails for a diagnostic it cannot read
-        if not isinstance(blob, dict):
-            continue
-        sharpness, image_set = blob.get("sharpness"), blob.get("image_set")
-        if (isinstance(sharpness, dict) and isinstance(sharpness.get("top_eigenvalue"), int | float)
-                and isinstance(image_set, dict) and isinstance(image_set.get("cache_dir"), str)
-                and isinstance(blob.get("teacher_id"), str)):  # only probes that measured it, on a named set
-            out.append((path, blob))
-    return out
+def _measured_sharpness(blob: dict[str, Any]) -> bool:
+    """A probe that measured sharpness, on a named image set and teacher."""
+    sharpness, image_set = blob.get("sharpness"), blob.get("image_set")
+    return (isinstance(sharpness, dict) and isinstance(sharpness.get("top_eigenvalue"), int | float)
+            and isinstance(image_set, dict) and isinstance(image_set.get("cache_dir"), str)
+            and isinstance(blob.get("teacher_id"), str))
 
 
 def _run_finetune(results: Path, profile: str, result_file: str) -> dict[str, Any] | None:
@@ -48,7 +37,7 @@ def _run_finetune(results: Path, profile: str, result_file: str) -> dict[str, An
 
 def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[str, int, str]]) -> list[str]:
     """Per diverged run (label, seed, result file) with a sharpness probe on its inputs, one sentence."""
-    records = _sharpness_records(results)
+    records = diagnostic_records(results / PROBE_DIR, _measured_sharpness)
     if not records:
         return []
     out = []
