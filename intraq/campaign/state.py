@@ -7,7 +7,6 @@ the same case (another pytest-xdist worker, another campaign) waits for it and t
 
 from __future__ import annotations
 
-import os
 import platform
 import traceback
 from collections.abc import Iterator
@@ -15,9 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from intraq.artifacts import load_json, save_json
+from intraq.locks import lock_holder, marked_lock
 from intraq.results import now_utc
 
 STATE_FOLDER = ".campaign"
@@ -46,31 +44,13 @@ def failed_path(results: Path, profile: str, case: str, seed: int) -> Path:
 @contextmanager
 def case_lock(results: Path, profile: str, case: str, seed: int) -> Iterator[None]:
     """Hold the case's lock (waiting as long as another process holds it) and say who runs it meanwhile."""
-    path = lock_path(results, profile, case, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path):
-        marker = running_path(results, profile, case, seed)
-        save_json({"host": platform.node(), "pid": os.getpid(), "started": now_utc()}, marker)
-        try:
-            yield
-        finally:
-            marker.unlink(missing_ok=True)
+    with marked_lock(lock_path(results, profile, case, seed), running_path(results, profile, case, seed)):
+        yield
 
 
 def running_info(results: Path, profile: str, case: str, seed: int) -> dict[str, Any] | None:
     """Who runs the case now (None when nobody holds its lock; a crashed run's lock is free again)."""
-    path = lock_path(results, profile, case, seed)
-    if not path.exists():
-        return None
-    try:
-        with FileLock(path, timeout=0):
-            return None
-    except Timeout:
-        marker = running_path(results, profile, case, seed)
-        try:
-            return load_json(marker)
-        except Exception:  # noqa: BLE001 - the holder may be writing it right now
-            return {}
+    return lock_holder(lock_path(results, profile, case, seed), running_path(results, profile, case, seed))
 
 
 def record_failure(results: Path, profile: str, case: str, seed: int, exc: BaseException) -> Path:

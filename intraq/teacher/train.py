@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import math
-import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from torch import nn
 from tqdm import tqdm
 
-from intraq.artifacts import load_json, load_torch, remove_artifact, save_json, save_torch
+from intraq.artifacts import load_torch, remove_artifact, save_torch
 from intraq.config import TeacherConfig
 from intraq.data.augment import random_crop_flip
 from intraq.data.base import DataSplits, TensorImageDataset
 from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.interrupts import deferred_interrupts
-from intraq.results import now_utc, sitting
+from intraq.locks import lock_holder, marked_lock
+from intraq.results import sitting
 from intraq.teacher.checkpoint import load_teacher_weights, save_teacher
 from intraq.teacher.models import build_model
 
@@ -74,36 +74,24 @@ def training_marker_path(out_path: Path) -> Path:
 
 
 @contextmanager
-def exclusive_training(out_path: Path, wait: bool) -> Iterator[bool]:
-    """Hold the lock of the teacher at `out_path` for one training process; yields whether it had to wait.
+def exclusive_training(out_path: Path, wait: bool) -> Iterator[None]:
+    """Hold the lock of the teacher at `out_path` for one training process.
 
     Two processes resuming the same `.state` would each continue it and overwrite each other's checkpoint and
     sidecar (a sidecar can end up describing the other process's weights). With `wait`, a second process waits
     (an automatic training inside a run: it then finds the finished teacher); without, it is refused at once."""
-    lock = FileLock(training_lock_path(out_path))
-    marker = training_marker_path(out_path)
-    waited = False
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if not wait:
-            try:
-                holder = load_json(marker)
-            except Exception:  # noqa: BLE001 - the holder may be writing it right now, or have just finished
-                holder = {}
+    lock, marker = training_lock_path(out_path), training_marker_path(out_path)
+    with ExitStack() as held:
+        try:
+            held.enter_context(marked_lock(lock, marker, timeout=-1 if wait else 0))
+        except Timeout:
+            holder = lock_holder(lock, marker) or {}
             who = ", ".join(f"{k} {holder[k]}" for k in ("host", "pid", "started") if k in holder) or "unknown"
             raise UserInputError(
                 f"another process is training the teacher at {out_path} ({who}); wait for it to finish (it resumes "
                 f"from {out_path.with_suffix('.state')} if stopped), or train elsewhere with --out NEW_PATH"
             ) from None
-        waited = True
-        lock.acquire()
-    try:
-        save_json({"host": platform.node(), "pid": os.getpid(), "started": now_utc()}, marker)
-        yield waited
-    finally:
-        marker.unlink(missing_ok=True)
-        lock.release()
+        yield
 
 
 def train_teacher(
