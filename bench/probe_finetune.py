@@ -101,11 +101,10 @@ def measure_sharpness(
         lambda: kd_loss_intraq(student(x), teacher_logits, y, ft.temperature, ft.alpha),
         list(student.parameters()), iterations=iterations, generator=generator,
     )
-    curvature = result.top_eigenvalue + ft.weight_decay  # weight decay adds its coefficient to every eigenvalue
-    if curvature <= 0:
+    bound = momentum_lr_bound(result.top_eigenvalue, ft.momentum, ft.nesterov, ft.weight_decay)
+    if bound == float("inf"):
         print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result.top_eigenvalue:.1f}); no lr "
               "bound follows from it", flush=True)
-    bound = momentum_lr_bound(curvature, ft.momentum, ft.nesterov)
     print(f"sharpness {result.top_eigenvalue:.1f} ({result.iterations} iterations"
           f"{'' if result.converged else ', not converged'}): lr bound {bound:.3g}, lr {ft.lr:g} = "
           f"{ft.lr / bound:.2f} x bound", flush=True)

@@ -21,6 +21,8 @@ def test_the_lr_bound_is_where_torchs_sgd_starts_to_diverge(momentum, nesterov):
     assert final_distance(0.97 * bound) < 1.0  # shrinks (slowly, this close to the bound)
     assert not final_distance(1.03 * bound) <= 1e3  # grows without limit (to inf/NaN for the fast growers)
     assert momentum_lr_bound(0.0, momentum, nesterov) == float("inf")
+    # weight decay adds its coefficient to the curvature
+    assert momentum_lr_bound(curvature - 5.0, momentum, nesterov, weight_decay=5.0) == pytest.approx(bound)
 
 
 def test_power_iteration_finds_the_largest_eigenvalue_of_a_known_hessian():
@@ -79,9 +81,9 @@ def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
     with_sharpness, without = run(4, tmp_path / "a"), run(0, tmp_path / "b")
     measured = with_sharpness["sharpness"]
     assert measured["iterations"] >= 2 and measured["top_eigenvalue"] > 0
-    assert measured["lr_bound"] == pytest.approx(momentum_lr_bound(
-        measured["top_eigenvalue"] + with_sharpness["config"]["finetune"]["weight_decay"],
-        with_sharpness["config"]["finetune"]["momentum"], with_sharpness["config"]["finetune"]["nesterov"]))
+    ft = with_sharpness["config"]["finetune"]
+    assert measured["lr_bound"] == pytest.approx(
+        momentum_lr_bound(measured["top_eigenvalue"] + ft["weight_decay"], ft["momentum"], ft["nesterov"]))
     assert "sharpness" not in without
     assert [s["kd_loss"] for s in with_sharpness["steps"]] == [s["kd_loss"] for s in without["steps"]]
     assert with_sharpness["test_top1_after_steps"] == without["test_top1_after_steps"]

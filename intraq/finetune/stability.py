@@ -18,11 +18,13 @@ import torch
 from torch import Tensor, nn
 
 
-def momentum_lr_bound(curvature: float, momentum: float, nesterov: bool) -> float:
+def momentum_lr_bound(curvature: float, momentum: float, nesterov: bool, weight_decay: float = 0.0) -> float:
     """Largest lr for which torch's SGD stays stable on a quadratic of this curvature.
 
     torch's update is buf = m*buf + g, then w -= lr*(g + m*buf) (Nesterov) or w -= lr*buf: on g = c*w the iteration
-    matrix gets an eigenvalue -1 at lr*c = 2(1+m)/(1+2m) (Nesterov) or 2(1+m) (heavy ball); 2 without momentum."""
+    matrix gets an eigenvalue -1 at lr*c = 2(1+m)/(1+2m) (Nesterov) or 2(1+m) (heavy ball); 2 without momentum.
+    The optimizer's weight decay adds its coefficient to the curvature."""
+    curvature += weight_decay
     if curvature <= 0:
         return float("inf")
     scale = 2 * (1 + momentum) / (1 + 2 * momentum) if nesterov else 2 * (1 + momentum)
