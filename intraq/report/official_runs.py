@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from intraq.errors import UserInputError
 from intraq.image_sets import teacher_identity
-from intraq.results import read_result
+from intraq.results import RunRecord, read_result
 
 OFFICIAL_STAGE2_DIR = Path("diagnostics") / "official-stage2"
 
@@ -40,18 +40,40 @@ def _official_records(results: Path) -> list[tuple[Path, dict[str, Any]]]:
                               lambda blob: bool(blob.get("images") and blob.get("teacher_id") and blob.get("epochs")))
 
 
-def run_inputs(results: Path, profile: str, result_file: str) -> tuple[str, str] | None:
-    """(image set folder name, teacher identity) of one run record, or None when it has no synthetic set."""
+def read_run(results: Path, profile: str, result_file: str) -> RunRecord | None:
+    """A run record named by a cell file, or None when it is missing or unreadable (the report names a bad run
+    record elsewhere)."""
     path = results / profile / result_file
     if not path.is_file():
         return None
     try:
-        record = read_result(path)
+        return read_result(path)
     except UserInputError:
-        return None  # the report names a bad run record elsewhere; no sentence for it here
+        return None
+
+
+def record_inputs(record: RunRecord) -> tuple[str, str] | None:
+    """(image set folder name, teacher identity) of a run, or None when it has no synthetic set."""
     folder = (record.extras.get("synthesis") or {}).get("cache_dir")
     teacher = teacher_identity(record.teacher)
     return (Path(folder).name, teacher) if folder and teacher else None
+
+
+def diverged_inputs(
+    results: Path, profile: str, diverged: list[tuple[str, int, str]]
+) -> Iterator[tuple[str, int, RunRecord, tuple[str, str]]]:
+    """(label, seed, run record, its inputs) of each diverged run (label, seed, result file) whose record names
+    a synthetic set and a teacher: what a diagnostic on the same inputs is matched by."""
+    for label, seed, result_file in diverged:
+        record = read_run(results, profile, result_file)
+        inputs = record_inputs(record) if record else None
+        if inputs is not None:
+            yield label, seed, record, inputs
+
+
+def shown_path(results: Path, path: Path) -> str:
+    """A diagnostic's path as the report shows it: results/diagnostics/..."""
+    return (Path(results.name) / path.relative_to(results)).as_posix()
 
 
 def describe_official_run(blob: dict[str, Any]) -> str:
@@ -77,13 +99,9 @@ def official_beside_diverged(results: Path, profile: str, diverged: list[tuple[s
     if not records:
         return []
     out = []
-    for label, seed, result_file in diverged:
-        inputs = run_inputs(results, profile, result_file)
-        if inputs is None:
-            continue
+    for label, seed, _, inputs in diverged_inputs(results, profile, diverged):
         for path, blob in records:
             if (Path(blob["images"]).name, blob["teacher_id"]) == inputs:
-                shown = (Path(results.name) / path.relative_to(results)).as_posix()  # results/diagnostics/...
                 out.append(f"{label} seed {seed}: on the same teacher and images, {describe_official_run(blob)} "
-                           f"(`{shown}`, `bench/official_stage2.py`)")
+                           f"(`{shown_path(results, path)}`, `bench/official_stage2.py`)")
     return out

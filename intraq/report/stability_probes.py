@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from intraq.errors import UserInputError
 from intraq.finetune.stability import momentum_lr_bound
-from intraq.report.official_runs import diagnostic_records, run_inputs
-from intraq.results import read_result
+from intraq.report.official_runs import diagnostic_records, diverged_inputs, shown_path
 
 PROBE_DIR = Path("diagnostics") / "finetune-probe"
 
@@ -28,22 +26,14 @@ def _measured_sharpness(blob: dict[str, Any]) -> bool:
             and isinstance(blob.get("teacher_id"), str))
 
 
-def _run_finetune(results: Path, profile: str, result_file: str) -> dict[str, Any] | None:
-    try:
-        return read_result(results / profile / result_file).config.get("finetune")
-    except (OSError, UserInputError):
-        return None
-
-
 def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[str, int, str]]) -> list[str]:
     """Per diverged run (label, seed, result file) with a sharpness probe on its inputs, one sentence."""
     records = diagnostic_records(results / PROBE_DIR, _measured_sharpness)
     if not records:
         return []
     out = []
-    for label, seed, result_file in diverged:
-        inputs = run_inputs(results, profile, result_file)
-        finetune = _run_finetune(results, profile, result_file) if inputs else None
+    for label, seed, record, inputs in diverged_inputs(results, profile, diverged):
+        finetune = record.config.get("finetune")
         if not finetune:
             continue
         matching = [(path, blob) for path, blob in records
@@ -52,9 +42,9 @@ def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[
             continue
         values = sorted({round(blob["sharpness"]["top_eigenvalue"]) for _, blob in matching})
         measured = f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,} to {values[-1]:,}"
-        # the run's own optimizer at the largest measured sharpness (weight decay adds its coefficient)
-        bound = momentum_lr_bound(values[-1] + finetune["weight_decay"], finetune["momentum"], finetune["nesterov"])
-        shown = ", ".join(f"`{(Path(results.name) / path.relative_to(results)).as_posix()}`" for path, _ in matching)
+        # the run's own optimizer at the largest measured sharpness
+        bound = momentum_lr_bound(values[-1], finetune["momentum"], finetune["nesterov"], finetune["weight_decay"])
+        shown = ", ".join(f"`{shown_path(results, path)}`" for path, _ in matching)
         out.append(
             f"{label} seed {seed}: probes of stage 2 on the same teacher and images (each with its own calibration) "
             f"measured the KD loss's sharpness at {measured}, so the run's lr {finetune['lr']:g} is "
