@@ -54,8 +54,9 @@ def test_equality_verdicts_follow_the_tolerances(gap, ok):
 
 
 def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
-    # at another weight decay (TEACHER_WD), which names its own checkpoint
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TEACHER_WD": "1e-3"}
+    # the default weight decay (1e-4, not the recipe's 5e-4) names its own checkpoint
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env.pop("TEACHER_WD", None)
     script = str(ROOT / "bench/device/teacher.sh")
     proc = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -65,17 +66,17 @@ def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
     assert summary[1].startswith("real images: sharpness ") and "x bound" in summary[1], proc.stdout[-2000:]
     (probe,) = (tmp_path / "finetune-probe").glob("*.json")
     assert json.loads(probe.read_text())["sharpness"]["top_eigenvalue"] > 0
-    sidecar = json.loads((tmp_path / "digits_cnn-digits-e2-wd1e-3.json").read_text())
+    sidecar = json.loads((tmp_path / "digits_cnn-digits-e2-wd1e-4.json").read_text())
     assert sidecar["recipe"]["train_epochs"] == 2 and sidecar["torch"] and "test_top1" in sidecar
-    assert sidecar["recipe"]["train_weight_decay"] == 1e-3
+    assert sidecar["recipe"]["train_weight_decay"] == 1e-4
     again = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "already finished" in (tmp_path / "summary.txt").read_text()
-    # the recipe's own weight decay: the default name (the probe is not repeated into a folder that has one)
-    env.pop("TEACHER_WD")
-    default = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert default.returncode == 0 and (tmp_path / "summary.txt").read_text() == "teacher finished\n"
+    # the recipe's own weight decay: the recipe's name (the probe is not repeated into a folder that has one)
+    env["TEACHER_WD"] = "5e-4"
+    recipe = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert recipe.returncode == 0 and (tmp_path / "summary.txt").read_text() == "teacher finished\n"
     assert json.loads((tmp_path / "digits_cnn-digits-e2.json").read_text())["recipe"]["train_weight_decay"] == 5e-4
 
 

@@ -4,11 +4,12 @@
 #   bash bench/device/teacher.sh DATA OUTDIR [SECONDS]   # on the GPU machine, from the repository root
 #   bash bench/device/teacher.sh --dry-run OUTDIR         # anywhere: the same steps, 2 epochs of the digits CNN
 #
-# TEACHER_WD=1e-4 trains the same recipe at another weight decay into its own file (…-e200-wd1e-4.pt): the
-# stage-2 sharpness depends on the teacher's weight scale, which weight decay sets (results/diagnostics/README.md).
 # DATA is the CIFAR-10 JPEG archive, carried with the tree (e.g. artifacts/device/cifar10-jpeg.tar.gz; the machine
-# has no network). Trains ResNet-20 with the project's recipe at TEACHER_EPOCHS (default 200) epochs into
-# resume/teacher-cifar10/resnet20-cifar10-e<EPOCHS>.pt. Training saves its state after every epoch (`.state`
+# has no network). Trains ResNet-20 with the project's recipe at TEACHER_EPOCHS (default 160) epochs and weight
+# decay TEACHER_WD (default 1e-4) into resume/teacher-cifar10/resnet20-cifar10-e<EPOCHS>-wd<WD>.pt (at the recipe's
+# own weight decay, 5e-4, without the -wd part: TEACHER_EPOCHS=200 TEACHER_WD=5e-4 continues that earlier run).
+# Why 1e-4: the stage-2 sharpness depends on the teacher's weight scale, which weight decay sets, and at 5e-4 it
+# reaches the official lr's stability bound (results/diagnostics/README.md). Training saves its state after every epoch (`.state`
 # beside the checkpoint, about 2 MB): a run stopped by the time limit (SIGTERM, as Ctrl-C: the finished epochs
 # stay) continues from it the next time, on any machine, once that state is committed. OUTDIR receives the state,
 # or, once training has finished, the checkpoint with its sidecar (test top-1, recipe, machine) and checksum, and
@@ -32,7 +33,8 @@ if [[ -n "$DATA" && -e "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-EPOCHS="${TEACHER_EPOCHS:-200}"
+EPOCHS="${TEACHER_EPOCHS:-160}"
+WD="${TEACHER_WD:-1e-4}"
 
 if [[ $DRY -eq 1 ]]; then
   FOLDER="$OUT/dry-run-teacher"; NAME="digits_cnn-digits-e${TEACHER_EPOCHS:-2}.pt"
@@ -45,8 +47,9 @@ else
   FOLDER="resume/teacher-cifar10"; NAME="resnet20-cifar10-e$EPOCHS.pt"
   ARGS=(--profile cifar10 --data-root "$DATA" --set "teacher.train_epochs=$EPOCHS" --device cuda)
 fi
-if [[ -n "${TEACHER_WD:-}" ]]; then  # another weight decay (the recipe's is 5e-4): its own checkpoint and state
-  NAME="${NAME%.pt}-wd$TEACHER_WD.pt"; ARGS+=(--set "teacher.train_weight_decay=$TEACHER_WD")
+ARGS+=(--set "teacher.train_weight_decay=$WD")
+if [[ "$WD" != "5e-4" ]]; then  # a weight decay other than the recipe's own: its own checkpoint and state
+  NAME="${NAME%.pt}-wd$WD.pt"
 fi
 mkdir -p "$FOLDER"
 CKPT="$FOLDER/$NAME"
