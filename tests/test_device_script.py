@@ -69,6 +69,7 @@ def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
     sidecar = json.loads((tmp_path / "digits_cnn-digits-e2-wd1e-4.json").read_text())
     assert sidecar["recipe"]["train_epochs"] == 2 and sidecar["torch"] and "test_top1" in sidecar
     assert sidecar["recipe"]["train_weight_decay"] == 1e-4
+    assert [s["channels_last"] for s in sidecar["sittings"]] == [True]
     again = subprocess.run(["bash", script, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "already finished" in (tmp_path / "summary.txt").read_text()

@@ -331,3 +331,28 @@ def test_an_interrupt_during_the_epochs_evaluation_keeps_the_epoch_and_its_accur
         train_teacher(cfg, data, tmp_path / "t.pt", seed=0, device=torch.device("cpu"), progress=False, eval_every=1)
     state = load_torch(tmp_path / "t.state")
     assert state["epoch"] == 0 and state["history"] == [{**state["history"][0], "test_top1": 50.0}]
+
+
+@pytest.mark.parametrize("channels_last,compile", [(True, False), (True, True)])
+def test_channels_last_and_compiled_teacher_training_take_the_same_steps(tmp_path, channels_last, compile):
+    # a speed option only: the same draws and recipe, equal to the reference up to float rounding. Compared over
+    # two steps (batch 512), as a fraction of what the steps changed: the early convs' and BNs' gradients are sums
+    # with heavy cancellation, so another summation order moves them by ~1-3% of the step (eager float32 against
+    # float64 too), and SGD at lr 0.1 amplifies that within tens of steps: longer runs are equal only in
+    # distribution. Each sitting says which options it used; the checkpoint is in the default memory format.
+    data = build_data(DataConfig("digits"))
+    cfg = TeacherConfig(name="digits_cnn", train_epochs=1, train_batch_size=512)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)  # the recipe's seed: the initial weights the two steps start from
+    initial = build_model("digits_cnn", 10).state_dict()
+    reference, ref_car = train_teacher(cfg, data, tmp_path / "a.pt", seed=0, device=cpu, progress=False)
+    fast, fast_car = train_teacher(cfg, data, tmp_path / "b.pt", seed=0, device=cpu, progress=False,
+                                   channels_last=channels_last, compile=compile)
+    for (name, a), b in zip(reference.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert b.is_contiguous(), name
+        if a.is_floating_point():
+            assert (b - a).norm() <= 0.05 * (a - initial[name]).norm(), name
+    assert fast_car["history"][0]["train_loss"] == pytest.approx(ref_car["history"][0]["train_loss"], rel=1e-5)
+    assert [(s["channels_last"], s["compiled"]) for s in fast_car["sittings"]] == [(channels_last, compile)]
+    assert [(s["channels_last"], s["compiled"]) for s in ref_car["sittings"]] == [(False, False)]
+    load_teacher_weights(build_model("digits_cnn", 10), tmp_path / "b.pt")  # its sidecar's hash matches

@@ -63,7 +63,7 @@ fi
 if [[ -f "$CKPT" ]]; then
   echo "teacher already finished: $CKPT" > "$OUT/summary.txt"
 else
-  timeout --signal=TERM --kill-after=60 "$LIMIT" "$PY" -m intraq.cli teacher train "${ARGS[@]}" --quiet \
+  timeout --signal=TERM --kill-after=60 "$LIMIT" "$PY" -m intraq.cli teacher train "${ARGS[@]}" --quiet --channels-last \
     --out "$CKPT" > "$OUT/teacher.log" 2>&1 || rc=$?
   tail -n 5 "$OUT/teacher.log"
   if [[ $rc -eq 0 ]]; then
