@@ -407,3 +407,14 @@ def test_real_cifar10_jpeg_archive(tmp_path: Path):
     assert splits.num_classes == 10 and splits.class_names == CLASSES
     assert splits.train.labels.bincount().tolist() == [5000] * 10
     assert splits.test.labels.bincount().tolist() == [1000] * 10
+
+
+def test_a_tensor_data_set_moves_to_a_device_whole_and_stays_put_when_already_there():
+    from intraq.data.base import Normalization, TensorImageDataset
+
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    data = TensorImageDataset(images, torch.arange(6), Normalization((0.5,) * 3, (0.25,) * 3))
+    assert data.to(torch.device("cpu")) is data
+    moved = data.to(torch.device("meta"))  # any other device: a new data set with both tensors there
+    assert moved.images.device.type == moved.labels.device.type == "meta" and moved.norm == data.norm
+    assert data.images.device.type == "cpu" and len(moved) == 6

@@ -178,6 +178,8 @@ def _train(
     # One entry per (re)start: a teacher trained over several sessions and machines says which epochs ran where.
     sittings.append({**sitting(device), "channels_last": channels_last, "compiled": compile,
                      "first_epoch": start_epoch, "last_epoch": None})
+    train = data.train.to(device)  # resident: on a GPU no batch is copied from the host
+    test = data.test.to(device) if isinstance(data.test, TensorImageDataset) else data.test
     bar = tqdm(range(start_epoch, cfg.train_epochs), desc=f"train {cfg.name}", disable=not progress)
     for epoch in bar:
         tic = time.perf_counter()
@@ -186,7 +188,7 @@ def _train(
         loss_sum = torch.zeros((), device=device)
         steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress)
         for step in steps:  # minutes per epoch on a CPU: the inner bar shows that it moves
-            x, y = data.train.batch(order[step * cfg.train_batch_size : (step + 1) * cfg.train_batch_size])
+            x, y = train.batch(order[step * cfg.train_batch_size : (step + 1) * cfg.train_batch_size])
             if cfg.train_augment:
                 x = random_crop_flip(x, padding=max(1, data.image_size // 8), generator=generator)
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -201,7 +203,7 @@ def _train(
         # A finished epoch is never lost to a Ctrl-C/SIGTERM during its evaluation or save (a second one stops at once).
         with deferred_interrupts():
             if eval_every and (epoch + 1) % eval_every == 0 and epoch < cfg.train_epochs - 1:  # the last: below
-                entry["test_top1"] = evaluate(model, data.test, device=device)
+                entry["test_top1"] = evaluate(model, test, device=device)
             history.append(entry)
             sittings[-1]["last_epoch"] = epoch
             save_torch(
@@ -221,7 +223,7 @@ def _train(
         bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                         **({"test": f"{entry['test_top1']:.2f}%"} if "test_top1" in entry else {}))
     model = model.to(memory_format=torch.contiguous_format).eval()  # the checkpoint as any other
-    accuracy = evaluate(model, data.test, device=device)
+    accuracy = evaluate(model, test, device=device)
     if history and history[-1]["epoch"] == cfg.train_epochs - 1:
         history[-1]["test_top1"] = accuracy
     info = {
