@@ -27,8 +27,7 @@ from intraq.data import build_data
 from intraq.device import pick_device
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
-from intraq.finetune.kd import kd_loss_intraq
-from intraq.finetune.stability import momentum_lr_bound, top_hessian_eigenvalue
+from intraq.finetune.stability import kd_sharpness
 from intraq.finetune.trainer import Augment, calibrate, kd_backward, make_optimizer
 from intraq.pipeline import RunPaths, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
@@ -87,32 +86,19 @@ def measure_sharpness(
     student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: Augment,
     cfg: RunConfig, iterations: int, device: torch.device,
 ) -> dict | None:
-    """Top Hessian eigenvalue of the KD loss on one batch (its own generator) and the optimizer's lr bound there."""
+    """Top Hessian eigenvalue of the KD loss on one batch (its own generator) and the optimizer's lr bound there:
+    the same measurement, on the same batch, as a case's record with `finetune.sharpness_iters`."""
     if iterations <= 0:
         return None
     ft = cfg.finetune
-    generator = torch.Generator().manual_seed(cfg.seed + 7919)  # apart from the steps' draws
-    idx = torch.randint(len(images), (min(ft.batch_size, len(images)),), generator=generator)
-    x, y = augment(images[idx].to(device), generator), labels[idx].to(device)
-    with torch.no_grad():
-        teacher_logits = teacher(x)
-    tic = time.perf_counter()
-    result = top_hessian_eigenvalue(
-        lambda: kd_loss_intraq(student(x), teacher_logits, y, ft.temperature, ft.alpha),
-        list(student.parameters()), iterations=iterations, generator=generator,
-    )
-    bound = momentum_lr_bound(result.top_eigenvalue, ft.momentum, ft.nesterov, ft.weight_decay)
-    if bound == float("inf"):
-        print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result.top_eigenvalue:.1f}); no lr "
+    result = kd_sharpness(student, teacher, images, labels, augment, ft, cfg.seed, iterations, device)
+    if result["lr_bound"] == float("inf"):
+        print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result['top_eigenvalue']:.1f}); no lr "
               "bound follows from it", flush=True)
-    print(f"sharpness {result.top_eigenvalue:.1f} ({result.iterations} iterations"
-          f"{'' if result.converged else ', not converged'}): lr bound {bound:.3g}, lr {ft.lr:g} = "
-          f"{ft.lr / bound:.2f} x bound", flush=True)
-    return {**result.to_dict(), "lr_bound": bound, "lr_over_bound": ft.lr / bound,
-            "seconds": time.perf_counter() - tic,
-            "note": "top Hessian eigenvalue of the KD loss (straight-through surrogate) at the calibrated student, one "
-                    "augmented batch (power iteration: approached from below); lr_bound: largest stable lr of the "
-                    "case's SGD on a quadratic of that curvature"}
+    print(f"sharpness {result['top_eigenvalue']:.1f} ({result['iterations']} iterations"
+          f"{'' if result['converged'] else ', not converged'}): lr bound {result['lr_bound']:.3g}, lr {ft.lr:g} = "
+          f"{result['lr_over_bound']:.2f} x bound", flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,6 +125,9 @@ class FinetuneConfig:
     flip: bool = True
     eval_every: int = 1
     eval_batch_size: int = 500
+    # Diagnostic, not part of the case: > 0 measures the KD loss's sharpness at the calibrated student with that many
+    # power iterations (one batch, its own draws) and the lr's distance from SGD's stability bound, into the record.
+    sharpness_iters: int = 0
 
 
 @dataclass
@@ -183,6 +186,8 @@ class RunConfig:
 
 # Fields that say where things are, not what is computed: left out of every hash.
 LOCATION_FIELDS = {"data.root", "data.cache_dir", "teacher.checkpoint", "teacher.auto_train"}
+# Measurements that change no number of a run (tested): never part of any hash, so asking for them names no new case.
+DIAGNOSTIC_FIELDS = {"finetune.sharpness_iters"}
 # Fields added after results were published, left out of a hash while they hold these defaults, so every
 # earlier case keeps its name; set to anything else, they name a different case.
 LATER_FIELDS: dict[str, Any] = {
@@ -197,16 +202,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(obj: Any, exclude: set[str] = LOCATION_FIELDS, length: int = 12) -> str:
-    """Stable short sha256 of a config (dataclass or dict), ignoring location fields."""
+    """Stable short sha256 of a config (dataclass or dict), ignoring location and diagnostic fields."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else json.loads(json.dumps(obj))
-    for dotted in (*exclude, *LATER_FIELDS):
+    for dotted in (*exclude, *LATER_FIELDS, *DIAGNOSTIC_FIELDS):
         parts = dotted.split(".")
         node = data
         for part in parts[:-1]:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if not isinstance(node, dict) or parts[-1] not in node:
             continue
-        if dotted in exclude or node[parts[-1]] == LATER_FIELDS[dotted]:
+        if dotted in exclude or dotted in DIAGNOSTIC_FIELDS or node[parts[-1]] == LATER_FIELDS[dotted]:
             node.pop(parts[-1])
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

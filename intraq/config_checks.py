@@ -28,7 +28,7 @@ AT_LEAST_ONE = (
     "qimera.epochs", "qimera.iters_per_epoch", "qimera.batch_size", "qimera.latent_dim", "qimera.mix_classes",
     "squant.noise_batch",
 )
-AT_LEAST_ZERO = ("synth.plateau_patience", "qimera.warmup_epochs", "qimera.calib_epochs")
+AT_LEAST_ZERO = ("synth.plateau_patience", "qimera.warmup_epochs", "qimera.calib_epochs", "finetune.sharpness_iters")
 PROBABILITIES = (
     "synth.target_pro", "synth.lor_prob", "qimera.mix_prob", "quant.ema_beta", "teacher.train_momentum",
     "finetune.momentum", "qimera.momentum",

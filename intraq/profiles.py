@@ -72,7 +72,7 @@ def cifar10() -> RunConfig:
         ),
         finetune=FinetuneConfig(
             epochs=151, iters_per_epoch=200, batch_size=256, lr=1e-4, lr_steps=(20, 40, 60), calib_epochs=4,
-            calib_batch_size=16,
+            calib_batch_size=16, sharpness_iters=20,  # a diagnostic (the lr's distance from stable), not the case
         ),
         qimera=QimeraConfig(
             epochs=400, iters_per_epoch=200, batch_size=200, warmup_epochs=4, lr=1e-4, lr_steps=(100, 200, 300),
@@ -136,7 +136,7 @@ def imagenet() -> RunConfig:
         ),
         finetune=FinetuneConfig(
             epochs=151, iters_per_epoch=200, batch_size=16, lr=1e-6, lr_steps=(100, 200, 350), calib_epochs=4,
-            calib_batch_size=16, eval_batch_size=256,
+            calib_batch_size=16, eval_batch_size=256, sharpness_iters=20,
         ),
         qimera=QimeraConfig(
             epochs=400, iters_per_epoch=200, batch_size=16, warmup_epochs=50, lr=1e-6, lr_steps=(100, 200, 300),

@@ -140,6 +140,23 @@ def test_two_stacked_runs_equal_the_two_runs_alone(setting):
     assert stacked[0].history != stacked[1].history  # the runs really are different runs
 
 
+def test_the_fast_path_measures_sharpness_as_the_reference_and_changes_nothing(setting):
+    import dataclasses
+
+    data, teacher, test_x, test_y = setting
+    cfg = dataclasses.replace(CFG, epochs=2, iters_per_epoch=20)
+    measured = dataclasses.replace(cfg, sharpness_iters=5)
+    images, labels = make_set(7)
+    ref, _ = reference_run(teacher, images, labels, test_x, test_y, 7, measured)
+    (plain,) = finetune_fast(fast_runs(teacher, [(images, labels)], [7], cfg), copy.deepcopy(teacher), test_x, test_y,
+                             torch.device("cpu"), FastSettings(capture="none"), progress=False)
+    (fast,) = finetune_fast(fast_runs(teacher, [(images, labels)], [7], measured), copy.deepcopy(teacher), test_x,
+                            test_y, torch.device("cpu"), FastSettings(capture="none"), progress=False)
+    assert plain.sharpness is None and fast.history == plain.history
+    assert fast.sharpness["top_eigenvalue"] == pytest.approx(ref.sharpness["top_eigenvalue"], rel=1e-3)
+    assert fast.sharpness["iterations"] == ref.sharpness["iterations"]
+
+
 def test_stacked_runs_must_share_the_step_shape(setting):
     _, teacher, _, _ = setting
     sets = [make_set(1), make_set(2)]

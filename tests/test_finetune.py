@@ -127,6 +127,46 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path):
     assert [h.get("loss") for h in resumed.history] == [h.get("loss") for h in straight.history]  # exactly
 
 
+def test_measuring_sharpness_when_calibration_ends_changes_nothing_and_survives_a_resume(tmp_path):
+    # a diagnostic: the same run with and without it (exactly, at one thread), and not part of the case's hash
+    import dataclasses
+
+    from intraq.config import RunConfig, config_hash
+
+    _, plain = _run(tmp_path, _accuracy_stub, name="plain.pt")
+    measured_cfg = dataclasses.replace(CFG, sharpness_iters=4)
+
+    def run(evaluate, name):
+        teacher, student, images, labels, calibration = _setup()
+        return finetune(student, teacher, images, labels, evaluate, calibration, make_finetune_augment(measured_cfg),
+                        measured_cfg, torch.device("cpu"), seed=3, checkpoint_path=tmp_path / name, progress=False)
+
+    measured = run(_accuracy_stub, "measured.pt")
+    assert plain.sharpness is None and measured.history == plain.history  # no entry keeps the measurement
+    sharp = measured.sharpness
+    assert sharp["iterations"] <= 4 and len(sharp["estimates"]) == sharp["iterations"]
+    assert sharp["top_eigenvalue"] == sharp["estimates"][-1] > 0
+    assert sharp["lr_over_bound"] == pytest.approx(CFG.lr / sharp["lr_bound"])
+    calls = {"n": 0}
+
+    def interrupting(model):  # stopped during epoch 2's evaluation, after the measurement's epoch (1) was saved
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return _accuracy_stub(model)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupting, "resumed.pt")
+    resumed = run(_accuracy_stub, "resumed.pt")
+    def without_time(measurement):
+        return {k: v for k, v in measurement.items() if k != "seconds"}
+
+    assert without_time(resumed.sharpness) == without_time(sharp) and resumed.history == plain.history
+    base = RunConfig()
+    assert config_hash(dataclasses.replace(base, finetune=measured_cfg)) == config_hash(
+        dataclasses.replace(base, finetune=CFG))
+
+
 def test_divergence_stops_the_run_and_is_flagged(tmp_path):
     teacher, student, images, labels, calibration = _setup()
     cfg = FinetuneConfig(epochs=8, iters_per_epoch=3, batch_size=16, lr=1e12, lr_steps=(), calib_epochs=2)

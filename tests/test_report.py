@@ -539,6 +539,25 @@ def test_header_says_how_far_a_diverged_runs_lr_was_from_stable(tmp_path: Path, 
     assert "How far from stable" not in _header(fixture_results, PROFILE)  # nothing diverged there
 
 
+def test_a_diverged_run_that_measured_its_own_sharpness_is_stated_from_its_record(
+    tmp_path: Path, fixture_results: Path
+) -> None:
+    """`stage2_sharpness` in the run's record (finetune.sharpness_iters) wins over probes on the same inputs."""
+    results = _with_diverged_shared_run(tmp_path, fixture_results)
+    run = results / PROFILE / f"{SHARED}-seed0.json"
+    own = {"top_eigenvalue": 30000.0, "lr_bound": 5.0e-5, "lr_over_bound": 2.0}
+    run.write_text(json.dumps({**json.loads(run.read_text()), "stage2_sharpness": own}))
+    alone = next(x for x in _header(results, PROFILE).splitlines() if "How far from stable" in x)  # no probes at all
+    assert "the run itself measured the KD loss's sharpness at 30,000" in alone
+    probes = results / "diagnostics" / "finetune-probe"
+    probes.mkdir(parents=True)
+    (probes / "a.json").write_text(json.dumps({"teacher_id": "feedbeef", "steps": [], "sharpness": {
+        "top_eigenvalue": 20000.0}, "image_set": {"cache_dir": "/elsewhere/synthesis/intraq-v2-abc123"}}))
+    line = next(x for x in _header(results, PROFILE).splitlines() if "How far from stable" in x)
+    assert "the run itself measured the KD loss's sharpness at 30,000" in line and "2.00x" in line
+    assert "finetune-probe/a.json" not in line
+
+
 @pytest.mark.parametrize("trained", [False, True])
 def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
     tmp_path: Path, fixture_results: Path, trained: bool

@@ -39,9 +39,11 @@ from intraq.fast.capture import StepRunner, compile_loss
 from intraq.fast.optim import sgd_step
 from intraq.fast.schedule import epoch_schedule, finetune_lor_settings, to_device
 from intraq.fast.settings import FastSettings
+from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.kd import kd_loss_intraq
 from intraq.finetune.loop import flag_losses
-from intraq.finetune.trainer import CalibrationSource, EpochSampler, calibrate, multi_step_lr
+from intraq.finetune.stability import kd_sharpness
+from intraq.finetune.trainer import CalibrationSource, EpochSampler, calibrate, multi_step_lr, split_sharpness
 from intraq.interrupts import deferred_interrupts
 from intraq.quantize import act_quantizers
 from intraq.results import sitting
@@ -78,6 +80,7 @@ class FastFinetuneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     sittings: list[dict] = field(default_factory=list)
     fast: dict = field(default_factory=dict)
+    sharpness: dict | None = None  # as the reference's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,8 +332,12 @@ def _finetune_fast(
                 calibrate(student, run.calibration, cfg.iters_per_epoch)
             bar.update(cfg.iters_per_epoch)
             seconds["calibration"] += time.perf_counter() - tic
-            for h in histories:
+            for run, student, h in zip(runs, students, histories, strict=True):
                 h.append({"epoch": epoch, "phase": "calibration"})
+                if epoch == cfg.calib_epochs - 1 and run.cfg.sharpness_iters:  # as the reference, run by run
+                    h[-1]["sharpness"] = kd_sharpness(student, teacher, run.images, run.labels,
+                                                      make_finetune_augment(run.cfg), run.cfg, run.seed,
+                                                      run.cfg.sharpness_iters, device)
             evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
             if checkpoint_path is not None:
                 save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))
@@ -422,5 +429,9 @@ def _finetune_fast(
         for student, state in zip(students, stack.unstack(), strict=True):
             student.load_state_dict(state)
     record = fast.record() | {"stacked_runs": r}
-    return [FastFinetuneResult(**summarize_history(h, cfg.calib_epochs), history=h, seconds=dict(seconds),
-                               sittings=sittings, fast=record) for h in histories]
+    results = []
+    for h in histories:
+        sharpness, h = split_sharpness(h)
+        results.append(FastFinetuneResult(**summarize_history(h, cfg.calib_epochs), history=h, seconds=dict(seconds),
+                                          sittings=sittings, fast=record, sharpness=sharpness))
+    return results

@@ -11,11 +11,18 @@ and activations), which is what SGD follows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from intraq.config import FinetuneConfig
+from intraq.finetune.kd import kd_loss_intraq
+
+SHARPNESS_SEED_OFFSET = 7919  # the measurement's own draws, apart from the steps' (seeded by the case seed)
 
 
 def momentum_lr_bound(curvature: float, momentum: float, nesterov: bool, weight_decay: float = 0.0) -> float:
@@ -70,3 +77,31 @@ def top_hessian_eigenvalue(
             converged = True
             break
     return Sharpness(estimates[-1], len(estimates), converged, estimates)
+
+
+def kd_sharpness(
+    student: nn.Module, teacher: nn.Module, images: Tensor, labels: Tensor,
+    augment: Callable[[Tensor, torch.Generator], Tensor], cfg: FinetuneConfig, seed: int, iterations: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The KD loss's sharpness at `student` on one augmented batch of `images`, and the lr bound of the case's SGD
+    there: what a record keeps to say how far its lr was from stable when fine-tuning began.
+
+    Its batch and start vector come from a generator of its own (seed + SHARPNESS_SEED_OFFSET), and it takes
+    gradients with `torch.autograd.grad` only, so the run's draws, weights and `.grad` stay as they were."""
+    generator = torch.Generator().manual_seed(seed + SHARPNESS_SEED_OFFSET)
+    idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=generator)
+    x, y = augment(images[idx].to(device), generator), labels[idx].to(device)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    tic = time.perf_counter()
+    result = top_hessian_eigenvalue(
+        lambda: kd_loss_intraq(student(x), teacher_logits, y, cfg.temperature, cfg.alpha),
+        list(student.parameters()), iterations=iterations, generator=generator,
+    )
+    bound = momentum_lr_bound(result.top_eigenvalue, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    return {**result.to_dict(), "lr_bound": bound, "lr_over_bound": cfg.lr / bound,
+            "seconds": time.perf_counter() - tic,
+            "note": "top Hessian eigenvalue of the KD loss (straight-through surrogate) at the calibrated student, one "
+                    "augmented batch (power iteration: approached from below); lr_bound: largest stable lr of the "
+                    "case's SGD on a quadratic of that curvature (inf: the eigenvalue found is negative)"}

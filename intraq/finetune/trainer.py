@@ -24,6 +24,7 @@ from tqdm import tqdm
 from intraq.config import FinetuneConfig
 from intraq.finetune.kd import kd_loss_intraq
 from intraq.finetune.loop import EpochLoop, MultiStepLR, run_epochs
+from intraq.finetune.stability import kd_sharpness
 from intraq.quantize import set_act_calibration
 
 
@@ -77,6 +78,7 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     sittings: list[dict] = field(default_factory=list)  # one per (re)start: machine, torch, commit, first epoch
+    sharpness: dict | None = None  # with cfg.sharpness_iters: measured when calibration ends (`kd_sharpness`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +174,11 @@ def finetune(
         if epoch < cfg.calib_epochs:
             calibrate(student, calibration, cfg.iters_per_epoch, on_step=bar.update)
             calibration_over[0] = epoch == cfg.calib_epochs - 1
-            return {"epoch": epoch, "phase": "calibration"}
+            record = {"epoch": epoch, "phase": "calibration"}
+            if calibration_over[0] and cfg.sharpness_iters:  # kept in the history: a resumed run still has it
+                record["sharpness"] = kd_sharpness(student, teacher, images, labels, augment, cfg, seed,
+                                                   cfg.sharpness_iters, device)
+            return record
         sampler.new_epoch()
         loss_sum = torch.zeros((), device=device)
         for _ in range(cfg.iters_per_epoch):
@@ -227,8 +233,16 @@ def finetune(
     return result
 
 
+def split_sharpness(history: list[dict]) -> tuple[dict | None, list[dict]]:
+    """The sharpness measured when calibration ended (kept in that epoch's entry while the run goes on), and the
+    history without it."""
+    sharpness = next((h["sharpness"] for h in history if "sharpness" in h), None)
+    return sharpness, [{k: v for k, v in h.items() if k != "sharpness"} for h in history]
+
+
 def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float]) -> FinetuneResult:
     """After-calibration, final and best-epoch accuracies; ties for best go to the later epoch, as officially."""
+    sharpness, history = split_sharpness(history)
     evaluated = [h for h in history if "acc" in h]
     after_calibration = next(h["acc"] for h in evaluated if h["epoch"] == calib_epochs - 1)
     best = max(evaluated, key=lambda h: (h["acc"], h["epoch"]))
@@ -243,4 +257,5 @@ def summarize(history: list[dict], calib_epochs: int, seconds: dict[str, float])
         exploded_at_epoch=exploded_at,
         history=history,
         seconds=seconds,
+        sharpness=sharpness,
     )

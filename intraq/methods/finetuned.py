@@ -86,6 +86,7 @@ class ImageSetMethod(Method):
             extras={
                 "synthesis": meta, "quantization": describe_quantization(student),
                 "finetune_sittings": result.sittings,
+                **({"stage2_sharpness": result.sharpness} if result.sharpness else {}),
                 "finetune_path": "reference" if fast is None else {"fast": result.fast},
             },
         )

@@ -4,7 +4,8 @@ A run that diverges at its lr raises the question of how far that lr was from st
 --sharpness N` measures the KD loss's sharpness at a calibrated student of the same teacher and images and the lr
 bound of the case's SGD there (`intraq.finetune.stability`); its records live in
 `<results>/diagnostics/finetune-probe/`. The report's header states, per diverged run, the sharpness measured on the
-same teacher (by weights' identity) and images (by set folder), and the run's lr as a multiple of the bound.
+same teacher (by weights' identity) and images (by set folder), and the run's lr as a multiple of the bound. A run
+that measured it itself (`finetune.sharpness_iters`: `stage2_sharpness` in its record) is stated from its record.
 """
 
 from __future__ import annotations
@@ -29,12 +30,19 @@ def _measured_sharpness(blob: dict[str, Any]) -> bool:
 def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[str, int, str]]) -> list[str]:
     """Per diverged run (label, seed, result file) with a sharpness probe on its inputs, one sentence."""
     records = diagnostic_records(results / PROBE_DIR, _measured_sharpness)
-    if not records:
-        return []
     out = []
     for label, seed, record, inputs in diverged_inputs(results, profile, diverged):
         finetune = record.config.get("finetune")
         if not finetune:
+            continue
+        own = record.extras.get("stage2_sharpness")
+        if isinstance(own, dict) and isinstance(own.get("lr_over_bound"), int | float):
+            out.append(
+                f"{label} seed {seed}: the run itself measured the KD loss's sharpness at {own['top_eigenvalue']:,.0f} "
+                f"when calibration ended, so its lr {finetune['lr']:g} was {own['lr_over_bound']:.2f}x the largest "
+                f"lr at which its SGD is stable on that curvature ({own['lr_bound']:.2g}; `stage2_sharpness` in its "
+                "record)"
+            )
             continue
         matching = [(path, blob) for path, blob in records
                     if (Path(blob["image_set"]["cache_dir"]).name, blob["teacher_id"]) == inputs]
