@@ -92,9 +92,10 @@ def measure_sharpness(
         return None
     ft = cfg.finetune
     result = kd_sharpness(student, teacher, images, labels, augment, ft, cfg.seed, iterations, device)
-    if result["lr_bound"] == float("inf"):
+    if result["lr_bound"] is None:
         print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result['top_eigenvalue']:.1f}); no lr "
               "bound follows from it", flush=True)
+        return result
     print(f"sharpness {result['top_eigenvalue']:.1f} ({result['iterations']} iterations"
           f"{'' if result['converged'] else ', not converged'}): lr bound {result['lr_bound']:.3g}, lr {ft.lr:g} = "
           f"{result['lr_over_bound']:.2f} x bound", flush=True)

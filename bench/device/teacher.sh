@@ -9,9 +9,10 @@
 # decay TEACHER_WD (default 1e-4) into resume/teacher-cifar10/resnet20-cifar10-e<EPOCHS>-wd<WD>.pt (at the recipe's
 # own weight decay, 5e-4, without the -wd part: TEACHER_EPOCHS=200 TEACHER_WD=5e-4 continues that earlier run).
 # Why 1e-4: the stage-2 sharpness depends on the teacher's weight scale, which weight decay sets, and at 5e-4 it
-# reaches the official lr's stability bound (results/diagnostics/README.md). Training saves its state after every epoch (`.state`
-# beside the checkpoint, about 2 MB): a run stopped by the time limit (SIGTERM, as Ctrl-C: the finished epochs
-# stay) continues from it the next time, on any machine, once that state is committed. OUTDIR receives the state,
+# reaches the official lr's stability bound (results/diagnostics/README.md). Training saves its state after every
+# epoch (`.state` beside the checkpoint, about 2 MB): a run stopped by the time limit (SIGTERM, as Ctrl-C: the
+# finished epochs stay) continues from it the next time, on any machine, once that state is committed. OUTDIR
+# receives the state,
 # or, once training has finished, the checkpoint with its sidecar (test top-1, recipe, machine) and checksum, and
 # summary.txt: "teacher finished", "teacher stopped at the time limit" or "teacher failed rc=N", and for a finished
 # teacher, when the time limit leaves two minutes, its stage-2 sharpness on real images (bench/probe_finetune.py).
@@ -63,8 +64,8 @@ fi
 if [[ -f "$CKPT" ]]; then
   echo "teacher already finished: $CKPT" > "$OUT/summary.txt"
 else
-  timeout --signal=TERM --kill-after=60 "$LIMIT" "$PY" -m intraq.cli teacher train "${ARGS[@]}" --quiet --channels-last \
-    --out "$CKPT" > "$OUT/teacher.log" 2>&1 || rc=$?
+  timeout --signal=TERM --kill-after=60 "$LIMIT" "$PY" -m intraq.cli teacher train "${ARGS[@]}" --quiet \
+    --channels-last --out "$CKPT" > "$OUT/teacher.log" 2>&1 || rc=$?
   tail -n 5 "$OUT/teacher.log"
   if [[ $rc -eq 0 ]]; then
     echo "teacher finished" > "$OUT/summary.txt"

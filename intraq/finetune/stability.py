@@ -11,6 +11,7 @@ and activations), which is what SGD follows.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -100,8 +101,9 @@ def kd_sharpness(
         list(student.parameters()), iterations=iterations, generator=generator,
     )
     bound = momentum_lr_bound(result.top_eigenvalue, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-    return {**result.to_dict(), "lr_bound": bound, "lr_over_bound": cfg.lr / bound,
-            "seconds": time.perf_counter() - tic,
+    finite = math.isfinite(bound)  # records are JSON: no Infinity in them
+    return {**result.to_dict(), "lr_bound": bound if finite else None,
+            "lr_over_bound": cfg.lr / bound if finite else None, "seconds": time.perf_counter() - tic,
             "note": "top Hessian eigenvalue of the KD loss (straight-through surrogate) at the calibrated student, one "
                     "augmented batch (power iteration: approached from below); lr_bound: largest stable lr of the "
-                    "case's SGD on a quadratic of that curvature (inf: the eigenvalue found is negative)"}
+                    "case's SGD on a quadratic of that curvature (null: the eigenvalue found is negative, no bound)"}
