@@ -92,6 +92,9 @@ def measure_sharpness(
         return None
     ft = cfg.finetune
     result = kd_sharpness(student, teacher, images, labels, augment, ft, cfg.seed, iterations, device)
+    if "error" in result:
+        print(f"warning: the sharpness measurement failed: {result['error']}", flush=True)
+        return result
     if result["lr_bound"] is None:
         print(f"warning: the largest-magnitude Hessian eigenvalue is negative ({result['top_eigenvalue']:.1f}); no lr "
               "bound follows from it", flush=True)

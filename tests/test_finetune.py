@@ -127,10 +127,11 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path):
     assert [h.get("loss") for h in resumed.history] == [h.get("loss") for h in straight.history]  # exactly
 
 
-def test_measuring_sharpness_when_calibration_ends_changes_nothing_and_survives_a_resume(tmp_path):
+def test_measuring_sharpness_when_calibration_ends_changes_nothing_and_survives_a_resume(tmp_path, monkeypatch):
     # a diagnostic: the same run with and without it (exactly, at one thread), and not part of the case's hash
     import dataclasses
 
+    import intraq.finetune.trainer as trainer
     from intraq.config import RunConfig, config_hash
 
     _, plain = _run(tmp_path, _accuracy_stub, name="plain.pt")
@@ -149,15 +150,20 @@ def test_measuring_sharpness_when_calibration_ends_changes_nothing_and_survives_
     assert sharp["lr_over_bound"] == pytest.approx(CFG.lr / sharp["lr_bound"])
     calls = {"n": 0}
 
-    def interrupting(model):  # stopped during epoch 2's evaluation, after the measurement's epoch (1) was saved
+    def interrupting(model):  # evaluated every epoch: call 3 is epoch 2's, after the measurement's epoch 1 was saved
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return _accuracy_stub(model)
 
+    measurements = []
+    real = trainer.kd_sharpness
+    monkeypatch.setattr(trainer, "kd_sharpness", lambda *a, **k: measurements.append(1) or real(*a, **k))
     with pytest.raises(KeyboardInterrupt):
         run(interrupting, "resumed.pt")
+    assert len(measurements) == 1
     resumed = run(_accuracy_stub, "resumed.pt")
+    assert len(measurements) == 1  # the resumed run took it from the checkpoint, not measured again
     def without_time(measurement):
         return {k: v for k, v in measurement.items() if k != "seconds"}
 

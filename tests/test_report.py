@@ -357,6 +357,7 @@ def test_header_names_settings_beyond_the_profile(tmp_path: Path, report: Report
     for name in ("lor--L-seed0.json", "comparison--squant-seed0.json"):
         blob = json.loads((cells / name).read_text())
         blob["config"]["finetune"]["epochs"] = 2
+        blob["config"]["finetune"]["sharpness_iters"] = 7  # a diagnostic: never a setting beyond the cell
         (cells / name).write_text(json.dumps(blob))
     squant, lor_l = (next(c for c in get_table(t).cells if c.key == k)
                      for t, k in (("comparison", "squant"), ("lor", "L")))

@@ -131,3 +131,19 @@ def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_th
             student(x)
         set_act_calibration(student, False)
     torch.testing.assert_close(students[1](x), students[0](x))
+
+
+def test_a_failed_sharpness_measurement_is_recorded_not_raised(monkeypatch):
+    # a diagnostic must not stop the hours-long run it describes (e.g. out of memory at ImageNet scale)
+    import intraq.finetune.stability as stability
+    from intraq.config import FinetuneConfig
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(stability, "top_hessian_eigenvalue", out_of_memory)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    result = stability.kd_sharpness(net, net, torch.randn(8, 3, 2, 2), torch.randint(0, 10, (8,)),
+                                    lambda x, g: x, FinetuneConfig(batch_size=4), 0, 5, torch.device("cpu"))
+    assert result["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "top_eigenvalue" not in result and result["seconds"] >= 0

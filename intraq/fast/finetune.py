@@ -330,14 +330,14 @@ def _finetune_fast(
             tic = time.perf_counter()
             for run, student in zip(runs, students, strict=True):
                 calibrate(student, run.calibration, cfg.iters_per_epoch)
-            bar.update(cfg.iters_per_epoch)
-            seconds["calibration"] += time.perf_counter() - tic
             for run, student, h in zip(runs, students, histories, strict=True):
                 h.append({"epoch": epoch, "phase": "calibration"})
                 if epoch == cfg.calib_epochs - 1 and run.cfg.sharpness_iters:  # as the reference, run by run
                     h[-1]["sharpness"] = kd_sharpness(student, teacher, run.images, run.labels,
                                                       make_finetune_augment(run.cfg), run.cfg, run.seed,
                                                       run.cfg.sharpness_iters, device)
+            bar.update(cfg.iters_per_epoch)
+            seconds["calibration"] += time.perf_counter() - tic  # with the measurement, as the reference's epoch
             evaluate_into(epoch, None, [wants_eval(epoch, False)] * r)
             if checkpoint_path is not None:
                 save(epoch, [s.state_dict() for s in students], None, _rng_state(generators, samplers))

@@ -89,17 +89,23 @@ def kd_sharpness(
     there: what a record keeps to say how far its lr was from stable when fine-tuning began.
 
     Its batch and start vector come from a generator of its own (seed + SHARPNESS_SEED_OFFSET), and it takes
-    gradients with `torch.autograd.grad` only, so the run's draws, weights and `.grad` stay as they were."""
+    gradients with `torch.autograd.grad` only, so the run's draws, weights and `.grad` stay as they were. A
+    measurement that fails (e.g. out of memory for the double backward at ImageNet scale) is recorded as
+    `{"error": ...}` instead of stopping the run it describes."""
     generator = torch.Generator().manual_seed(seed + SHARPNESS_SEED_OFFSET)
     idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=generator)
-    x, y = augment(images[idx].to(device), generator), labels[idx].to(device)
-    with torch.no_grad():
-        teacher_logits = teacher(x)
     tic = time.perf_counter()
-    result = top_hessian_eigenvalue(
-        lambda: kd_loss_intraq(student(x), teacher_logits, y, cfg.temperature, cfg.alpha),
-        list(student.parameters()), iterations=iterations, generator=generator,
-    )
+    try:
+        x, y = augment(images[idx].to(device), generator), labels[idx].to(device)
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        result = top_hessian_eigenvalue(
+            lambda: kd_loss_intraq(student(x), teacher_logits, y, cfg.temperature, cfg.alpha),
+            list(student.parameters()), iterations=iterations, generator=generator,
+        )
+    except RuntimeError as error:  # torch's OutOfMemoryError is one
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                "seconds": time.perf_counter() - tic}
     bound = momentum_lr_bound(result.top_eigenvalue, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     finite = math.isfinite(bound)  # records are JSON: no Infinity in them
     return {**result.to_dict(), "lr_bound": bound if finite else None,

@@ -2,7 +2,7 @@
 
 The report header names them, so a table run with `--set finetune.epochs=2` (or a record made before a profile
 changed) can never pass for the profile's own settings. Computed from the records alone; location fields (where
-data and teachers live) are not settings and are left out.
+data and teachers live) and diagnostics (measurements that change no number) are not settings and are left out.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from intraq.config import LOCATION_FIELDS
+from intraq.config import DIAGNOSTIC_FIELDS, LOCATION_FIELDS
 
 if TYPE_CHECKING:
     from intraq.tables import Cell
 
-IGNORED = {*LOCATION_FIELDS, "seed", "profile"}
+IGNORED = {*LOCATION_FIELDS, *DIAGNOSTIC_FIELDS, "seed", "profile"}  # diagnostics change no number of a run
 
 
 def flatten(config: dict[str, Any]) -> dict[str, Any]:

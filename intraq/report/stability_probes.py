@@ -10,6 +10,7 @@ that measured it itself (`finetune.sharpness_iters`: `stage2_sharpness` in its r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def sharpness_beside_diverged(results: Path, profile: str, diverged: list[tuple[
         if not finetune:
             continue
         own = record.extras.get("stage2_sharpness")
-        if isinstance(own, dict) and isinstance(own.get("lr_over_bound"), int | float):
+        ratio = own.get("lr_over_bound") if isinstance(own, dict) else None
+        if isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0:  # else no bound: probes, if any
             out.append(
                 f"{label} seed {seed}: the run itself measured the KD loss's sharpness at {own['top_eigenvalue']:,.0f} "
                 f"when calibration ended, so its lr {finetune['lr']:g} was {own['lr_over_bound']:.2f}x the largest "

@@ -116,9 +116,10 @@ def train_teacher(
     One process at a time trains a given `out_path` (`exclusive_training`): another is refused, or with `wait`
     waits and, when the teacher exists once it holds the lock, returns that one instead of training again.
 
-    `channels_last` and `compile` (torch.compile of the training forward) only make the same steps faster (1.24x
-    and 1.40x together for ResNet-20 on the 2-core CPU): same draws, same recipe, equal up to float rounding
-    (tested). Each sitting records which it used; the checkpoint is saved in the default memory format."""
+    `channels_last` and `compile` (torch.compile of the training forward) only change how the steps run (a bare
+    ResNet-20 step on the 2-core CPU: 1.24x and 1.40x together; the whole loop ~1.2x): same recipe and draws, each
+    step equal up to float rounding (tested), so the weights drift apart only by rounding that SGD amplifies. Each
+    sitting records which it used; the checkpoint is saved in the default memory format."""
     if eval_every < 0:
         raise UserInputError(f"eval_every must be >= 0 (0: evaluate only at the end), got {eval_every}")
     if not isinstance(data.train, TensorImageDataset):
@@ -142,7 +143,7 @@ def _train(
     torch.manual_seed(seed)
     model = build_model(cfg.name, data.num_classes, data.channels).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # before the optimizer: its buffers take the parameters' layout
+    model = model.to(memory_format=memory_format)  # before the optimizer: new buffers take the parameters' layout
     forward = torch.compile(model) if compile else model  # same module, same parameters: only the forward compiled
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
@@ -167,6 +168,10 @@ def _train(
         state = load_torch(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for param in model.parameters():  # a state saved in another layout: its momentum in this run's (speed only)
+            buffer = optimizer.state[param].get("momentum_buffer")
+            if buffer is not None and buffer.dim() == 4:
+                optimizer.state[param]["momentum_buffer"] = buffer.contiguous(memory_format=memory_format)
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
@@ -178,7 +183,9 @@ def _train(
     # One entry per (re)start: a teacher trained over several sessions and machines says which epochs ran where.
     sittings.append({**sitting(device), "channels_last": channels_last, "compiled": compile,
                      "first_epoch": start_epoch, "last_epoch": None})
-    train = data.train.to(device)  # resident: on a GPU no batch is copied from the host
+    # Resident on the device: on a GPU no batch is copied from the host (the same draws; the normalization then runs
+    # on the GPU, equal up to float rounding).
+    train = data.train.to(device)
     test = data.test.to(device) if isinstance(data.test, TensorImageDataset) else data.test
     bar = tqdm(range(start_epoch, cfg.train_epochs), desc=f"train {cfg.name}", disable=not progress)
     for epoch in bar:
