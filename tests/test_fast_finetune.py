@@ -202,7 +202,7 @@ def run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, checkpoint, stop_
 def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_path, stop_after, seeds, how):
     _, teacher, test_x, test_y = setting
     cfg = FinetuneConfig(**{**CFG.__dict__, "epochs": 6, "calib_epochs": 2, "iters_per_epoch": 5,
-                            "lr_steps": (4,)})
+                            "lr_steps": (4,), "sharpness_iters": 3})  # measured at epoch 1's end: kept across stops
     sets = [make_set(seed) for seed in seeds]
     whole_runs = fast_runs(teacher, sets, seeds, cfg)
     whole = finetune_fast(whole_runs, copy.deepcopy(teacher), test_x, test_y, torch.device("cpu"), FastSettings(),
@@ -210,6 +210,8 @@ def test_fast_finetune_interrupted_after_an_epoch_resumes_exactly(setting, tmp_p
     resumed, runs = run_interrupted(teacher, sets, seeds, test_x, test_y, cfg, tmp_path / "ft.pt", stop_after, how)
     for one, other, run_a, run_b in zip(whole, resumed, whole_runs, runs, strict=True):
         assert other.history == one.history  # losses and accuracies bit for bit
+        assert {k: v for k, v in other.sharpness.items() if k != "seconds"} == {
+            k: v for k, v in one.sharpness.items() if k != "seconds"}
         for (name, a), b in zip(run_a.student.state_dict().items(), run_b.student.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
         assert [s["first_epoch"] for s in other.sittings] == [0, stop_after + 1][:1 + (stop_after < 5)]
