@@ -198,8 +198,7 @@ def _train(
             x, y = train.batch(order[step * cfg.train_batch_size : (step + 1) * cfg.train_batch_size])
             if cfg.train_augment:
                 x = random_crop_flip(x, padding=max(1, data.image_size // 8), generator=generator)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            loss = F.cross_entropy(forward(x), y.to(device, non_blocking=True))
+            loss = F.cross_entropy(forward(x.contiguous(memory_format=memory_format)), y)  # already on the device
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
