@@ -3,6 +3,8 @@
     python bench/official_stage2.py DATA_ROOT --official ../IntraQ --profile cifar10 --epochs 6 --threads 1 \
         --images resume/cifar10-official/synthesis/intraq-v2-21f539df6743
 
+(those images: `git checkout edfd2bd -- resume/cifar10-official`; deleted from the tree, see resume/README.md)
+
 Why: our official-strength IntraQ cell diverges in its first fine-tuning epoch. Running the authors' own trainer on
 exactly the same teacher and images, beside ours, tells whether that is our code (the official trainer trains) or
 the teacher and images (it diverges too). The official code is imported from a checkout the user names, never

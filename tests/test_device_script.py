@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,37 @@ def test_teacher_script_needs_data_on_the_device(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "bench/device/teacher.sh"), str(tmp_path / "nope.tar.gz"),
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "no CIFAR-10 data" in proc.stderr
+
+
+def test_check_script_runs_only_the_steps_named(tmp_path):
+    env = {**os.environ, "PYTHON": "false", "CHECK_STEPS": "env,pipeline"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/check.sh"), "--dry-run", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in lines] == [["env", "failed"], ["pipeline", "failed"]]
+
+
+def test_session_script_packs_every_part_and_reports_failures(tmp_path):
+    # every python step fails at once: the session still runs each part, packs them and exits 1
+    env = {**os.environ, "PYTHON": "false"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "300"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session.tar.gz", "summary.txt"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "== check-timed\nenv failed" in summary and "throughput failed" in summary
+    assert "== check\nequality failed" in summary and "pipeline failed" in summary
+    assert "== teacher\nteacher failed" in summary and summary.rstrip().endswith("of 300s")
+    with tarfile.open(tmp_path / "session.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"./check-timed/summary.txt", "./check/summary.txt", "./teacher/summary.txt"} <= names
+
+
+def test_session_script_leaves_the_untimed_parts_out_when_time_is_short(tmp_path):
+    env = {**os.environ, "PYTHON": "false"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "90"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "no time left for the teacher" in summary and "== teacher\n(no summary" in summary

@@ -13,6 +13,8 @@
 #   4. pipeline.json   a tiny smoke case through `intraq run --fast` (bench/device/pipeline_check.py): the wiring
 #                      around the fast loops (batch files, capture, checkpoints, the record's path fields)
 #   summary.txt        one line per step: ok / failed (exit code) / timed out, and its seconds
+# CHECK_STEPS (comma list, default all) runs some of them, e.g. CHECK_STEPS=env,equality,pipeline: the steps that
+# time nothing, which bench/device/session.sh runs beside the teacher.
 # Exit status: 0 if every step passed, else 1.
 set -euo pipefail
 
@@ -31,9 +33,13 @@ PY="${PYTHON:-python3}"
 : > "$OUT/summary.txt"
 STATUS=0
 
+STEPS=",${CHECK_STEPS:-install,env,equality,official_run,throughput,pipeline},"
+
 # run_step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, record the outcome, never abort.
+# A step not in CHECK_STEPS is skipped without a line.
 run_step() {
   local name="$1" limit="$2"; shift 2
+  [[ "$STEPS" == *",$name,"* ]] || return 0
   local start rc=0
   start=$(date +%s)
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?

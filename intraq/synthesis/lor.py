@@ -180,8 +180,10 @@ def apply_affine(x: torch.Tensor, transform: torch.Tensor, zero_outside: bool = 
     else:
         lo = transform[:, :, 3].to(x.dtype).view(-1, 1, 1, 2)  # (B, 1, 1, xy): first pixel centre of the box
         hi = transform[:, :, 4].to(x.dtype).view(-1, 1, 1, 2)
-        half_pixel = x.new_tensor([1.0 / x.shape[-1], 1.0 / x.shape[-2]])
-        inside = ((grid >= lo - half_pixel) & (grid <= hi + half_pixel)).all(dim=-1) if zero_outside else None
+        inside = None
+        if zero_outside:  # half a pixel per axis (x, y), filled on x's device: no host copy inside a CUDA graph
+            half_pixel = torch.cat([x.new_full((1,), 1.0 / x.shape[-1]), x.new_full((1,), 1.0 / x.shape[-2])])
+            inside = ((grid >= lo - half_pixel) & (grid <= hi + half_pixel)).all(dim=-1)
         grid = torch.maximum(torch.minimum(grid, hi), lo)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if inside is not None:
