@@ -120,3 +120,16 @@ def test_session_script_leaves_the_untimed_parts_out_when_time_is_short(tmp_path
     assert proc.returncode == 1
     summary = (tmp_path / "summary.txt").read_text()
     assert "no time left for the teacher" in summary and "== teacher\n(no summary" in summary
+
+
+def test_teacher_script_leaves_a_committed_teacher_alone(tmp_path):
+    # the 160-epoch weight-decay-1e-4 teacher is committed under teachers/: a lent GPU must not train it again
+    assert (ROOT / "teachers/resnet20-cifar10-e160-wd1e-4.json").is_file()
+    data = tmp_path / "cifar10-jpeg.tar.gz"
+    data.write_bytes(b"never read")
+    env = {k: v for k, v in os.environ.items() if k not in ("TEACHER_WD", "TEACHER_EPOCHS")}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/teacher.sh"), str(data), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out/summary.txt").read_text().startswith("teacher already committed: teachers/")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.txt"]

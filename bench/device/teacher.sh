@@ -58,6 +58,11 @@ STATE="${CKPT%.pt}.state"
 
 rc=0
 SIDECAR="${CKPT%.pt}.json"  # written last: a teacher is finished only with it
+COMMITTED="teachers/$NAME"
+if [[ $DRY -eq 0 && -f "$COMMITTED" && -f "${COMMITTED%.pt}.json" ]]; then  # finished, measured and committed
+  echo "teacher already committed: $COMMITTED (nothing to do)" | tee "$OUT/summary.txt"
+  exit 0
+fi
 if [[ -f "$CKPT" && ! -f "$SIDECAR" ]]; then
   rm -f "$CKPT" "$CKPT.sha256"  # stopped while saving: its state (kept until the sidecar is written) redoes it
 fi

@@ -144,7 +144,9 @@ class StudentStack:
         def one(params: dict, buffers: dict, xr: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (params, buffers), (xr,))
 
-        return vmap(one)(self.params, self.buffers, x)
+        # contiguous: cuDNN's convolution under vmap asks a channels-last input for its layout, which vmap does not
+        # implement (torch 2.11 on an H200: "NYI: querying is_contiguous inside of vmap"); same values either way
+        return vmap(one)(self.params, self.buffers, x.contiguous())
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -156,7 +158,7 @@ class StudentStack:
                 def one(params: dict, buffers: dict, xb: torch.Tensor) -> torch.Tensor:
                     return functional_call(self.base, (params, buffers), (xb,))
 
-                logits = vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x)
+                logits = vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x.contiguous())  # see forward
             else:
                 logits = self.base(x).unsqueeze(0)
             correct += (logits.argmax(-1) == y).sum(-1)
