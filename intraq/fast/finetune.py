@@ -35,6 +35,7 @@ from tqdm import tqdm
 from intraq.artifacts import load_torch, save_torch
 from intraq.config import FinetuneConfig
 from intraq.errors import UserInputError
+from intraq.fast.calibration import FastCalibration
 from intraq.fast.capture import StepRunner, compile_loss
 from intraq.fast.optim import sgd_step
 from intraq.fast.schedule import epoch_schedule, finetune_lor_settings, to_device
@@ -43,7 +44,7 @@ from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.kd import kd_loss_intraq
 from intraq.finetune.loop import flag_losses
 from intraq.finetune.stability import kd_sharpness
-from intraq.finetune.trainer import CalibrationSource, EpochSampler, calibrate, multi_step_lr, split_sharpness
+from intraq.finetune.trainer import CalibrationSource, EpochSampler, multi_step_lr, split_sharpness
 from intraq.interrupts import deferred_interrupts
 from intraq.quantize import act_quantizers
 from intraq.results import sitting
@@ -327,11 +328,14 @@ def _finetune_fast(
                 or (epoch + 1) % cfg.eval_every == 0)
 
     with snapshots.written_on_interrupt():
-        # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards).
+        # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards), each
+        # run's step captured once (`FastCalibration`).
+        calibrations = [FastCalibration(student, run.calibration, device, fast.capture)
+                        for run, student in zip(runs, students, strict=True)]
         for epoch in range(start, cfg.calib_epochs):
             tic = time.perf_counter()
-            for run, student in zip(runs, students, strict=True):
-                calibrate(student, run.calibration, cfg.iters_per_epoch)
+            for calibration in calibrations:
+                calibration.epoch(cfg.iters_per_epoch)
             for run, student, h in zip(runs, students, histories, strict=True):
                 h.append({"epoch": epoch, "phase": "calibration"})
                 if epoch == cfg.calib_epochs - 1 and run.cfg.sharpness_iters:  # as the reference, run by run

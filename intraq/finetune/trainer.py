@@ -45,8 +45,11 @@ class ImageSetCalibration:
         self.images, self.batch_size, self.generator, self.device = images, batch_size, generator, device
 
     def next_batch(self) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (min(self.batch_size, len(self.images)),), generator=self.generator)
-        return self.images[idx].to(self.device)
+        return self.images[self.draw_index()].to(self.device)
+
+    def draw_index(self) -> torch.Tensor:
+        """The next batch's image indices (the fast path gathers them from a copy on the device)."""
+        return torch.randint(len(self.images), (min(self.batch_size, len(self.images)),), generator=self.generator)
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}

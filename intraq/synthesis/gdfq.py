@@ -157,6 +157,24 @@ def step_on(
     optimizer.step()
 
 
+def plain_adam(optimizer: torch.optim.Optimizer) -> None:
+    """Adam in its default (non-capturable) form, step counts on the host, as the reference path runs it."""
+    for group in optimizer.param_groups:
+        group["capturable"] = False
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].detach().to("cpu")
+
+
+def capturable_adam(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Adam's capturable form (step counts on the device), which CUDA-graph capture needs."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].detach().to(device)
+
+
 class GdfqCalibrationSource:
     """IntraQ stage 2's calibration images (T10): a GDFQ generator that takes one Adam step per batch.
 
@@ -195,15 +213,20 @@ class GdfqCalibrationSource:
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One generator update; returns (detached images, labels, loss)."""
+        z, labels = self.sample_inputs(self.batch_size)
+        images, loss = self.update(z, labels)
+        return images, labels, loss
+
+    def update(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update of `step` from given inputs (the fast path replays it on static ones): (images, loss)."""
         self.teacher.eval()
         self.model.train()
-        z, labels = self.sample_inputs(self.batch_size)
         images = self.model(z, labels)
         with BNStatsLoss(self.teacher) as bns:
             logits = self.teacher(images)
             loss = F.cross_entropy(logits, labels) + BNS_WEIGHT * bns.loss()
         step_on(loss, self.params, self.optimizer)
-        return images.detach(), labels, loss.detach()
+        return images.detach(), loss.detach()
 
     def next_batch(self) -> torch.Tensor:
         images, _, loss = self.step()
@@ -217,6 +240,7 @@ class GdfqCalibrationSource:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        plain_adam(self.optimizer)  # a state saved by the fast path's captured calibration (capturable Adam)
         self.rng.set_state(state["rng"])
 
     @torch.no_grad()
