@@ -28,7 +28,8 @@ def test_device_script_dry_run_writes_its_records(tmp_path):
     env_record = json.loads((out / "env.json").read_text())
     assert "allow_tf32_cudnn" in env_record["numeric"]
     equality = json.loads((out / "equality.json").read_text())
-    assert equality["verdicts"] == {"finetune-none": True, "stacked": True}
+    assert equality["verdicts"] == {"finetune-none": True, "stacked": True, "calibration-none": True}
+    assert equality["calibration"]["none"]["max_rel_range_gap"] == 0.0  # the same arithmetic on the CPU
     pipeline = json.loads((out / "pipeline.json").read_text())
     assert pipeline["ok"] and pipeline["finetune_path"]["fast"]["capture"] == "none"
 

@@ -41,8 +41,9 @@ LEFT=$((LIMIT - SECONDS - 60))
 if [[ $LEFT -lt 60 ]]; then
   echo "no time left for the teacher and the equality check (${LEFT}s)" > "$WORK/late.txt"; STATUS=1
 else
-  CHECK_STEPS=install,equality,pipeline timeout --kill-after=10 "$LEFT" bash "$HERE/check.sh" "${DRYARG[@]}" \
-    "$WORK/check" > "$WORK/check.out" 2>&1 &
+  EQ=$(( LEFT > 160 ? LEFT - 100 : 60 ))  # the equality check's limit, leaving the pipeline check its 90 s
+  CHECK_STEPS=install,equality,pipeline EQUALITY_SECONDS=$EQ timeout --kill-after=10 "$LEFT" \
+    bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check" > "$WORK/check.out" 2>&1 &
   CHECK_PID=$!
   if [[ $DRY -eq 1 ]]; then
     TEACHER_SECONDS="$LEFT" bash "$HERE/teacher.sh" --dry-run "$WORK/teacher" || STATUS=1

@@ -1,11 +1,12 @@
 """Fast path = reference path on the device at hand (the GPU step of bench/device/check.sh; runs on a CPU too).
 
-Four checks, each written to the JSON as it finishes, with its numbers and a verdict:
+Five checks, each written to the JSON as it finishes, with its numbers and a verdict:
 - `finetune`: the reference trainer and the fast path (each capture mode that the device supports) for a few
   hundred KD steps of a random ResNet-20 on random CIFAR-10-shaped images: per-epoch losses and accuracies;
 - `generation`: the reference IntraQ generation and the fast path on the embedded digits (BNS, SIL, MDC, LOR):
   per-batch losses;
 - `stacked`: two runs stacked against the same two runs alone (fine-tuning);
+- `calibration`: the official GDFQ calibration (`intraq.fast.calibration`) against the reference `calibrate`;
 - `finetune_compile`: the fine-tuning check with `capture="compile"` (last: it compiles for a while).
 Each mode's `seconds` are the data for choosing the capture mode (and INTRAQ_BENCH_CAPTURE of the benchmark).
 Both paths run with the same TF32/cuDNN flags (`NumericSettings`, official defaults), recorded in the output.
@@ -132,6 +133,45 @@ def check_generation(device: torch.device, iterations: int) -> dict[str, Any]:
     return out
 
 
+def check_calibration(device: torch.device, steps: int) -> dict[str, Any]:
+    """Stage 2's official calibration (a GDFQ generator's Adam step + the student's forward at batch 16) on the
+    fast path, each capture mode, against the reference `calibrate`: the activation ranges after two epochs."""
+    from intraq.fast.calibration import FastCalibration
+    from intraq.finetune.trainer import calibrate
+    from intraq.synthesis.gdfq import GdfqCalibrationSource
+
+    teacher, cfg = random_teacher(device), FinetuneConfig()
+    student = quantize(teacher).to(device)
+
+    def source() -> GdfqCalibrationSource:
+        return GdfqCalibrationSource(copy.deepcopy(teacher), 10, 32, cfg.gdfq_latent_dim, cfg.gdfq_lr,
+                                     cfg.calib_batch_size, device, torch.Generator().manual_seed(3), True)
+
+    def ranges(model: torch.nn.Module) -> torch.Tensor:
+        from intraq.quantize import act_quantizers
+
+        return torch.stack([torch.stack([q.x_min, q.x_max]) for q in act_quantizers(model)]).double()
+
+    ref_student, ref_source = copy.deepcopy(student), source()
+    tic = time.perf_counter()
+    for _ in range(2):
+        calibrate(ref_student, ref_source, steps // 2)
+    out: dict[str, Any] = {"steps": 2 * (steps // 2), "reference_s": time.perf_counter() - tic}
+    ref = ranges(ref_student)
+    for mode in ["none", "cudagraph"] if device.type == "cuda" else ["none"]:
+        fast_student, tic = copy.deepcopy(student), time.perf_counter()
+        try:
+            fast = FastCalibration(fast_student, source(), device, mode)
+            for _ in range(2):
+                fast.epoch(steps // 2)
+        except Exception as exc:  # one capture mode failing must not hide the others
+            out[mode] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        gap = ((ranges(fast_student) - ref).abs() / ref.abs().clamp_min(1e-6)).max()
+        out[mode] = {"seconds": time.perf_counter() - tic, "max_rel_range_gap": float(gap)}
+    return out
+
+
 def verdicts(report: dict[str, Any], loose: bool) -> dict[str, bool]:
     """Pass/fail per check: losses within 1e-3 relative (1e-2 with TF32), accuracies within 1 point (3 with TF32)
     or two test images, whichever is more (4-bit students turn float reordering into the odd flipped image)."""
@@ -147,6 +187,11 @@ def verdicts(report: dict[str, Any], loose: bool) -> dict[str, bool]:
     if "runs" in report.get("stacked", {}):
         out["stacked"] = all(r["max_rel_loss_gap"] <= loss_tol and r["max_acc_gap_points"] <= acc_tol
                              for r in report["stacked"]["runs"])
+    for mode, r in report.get("calibration", {}).items():
+        if isinstance(r, dict) and "max_rel_range_gap" in r:  # ranges: EMAs of batch extremes of a trained generator
+            out[f"calibration-{mode}"] = r["max_rel_range_gap"] <= 10 * loss_tol
+        elif isinstance(r, dict) and "error" in r:
+            out[f"calibration-{mode}"] = False
     if "generation" in report:
         for mode, r in report["generation"].items():
             if isinstance(r, dict) and "labels_equal" in r:
@@ -161,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=300, help="KD steps of the fine-tuning check")
     parser.add_argument("--iterations", type=int, default=200, help="iterations per batch of the generation check")
-    parser.add_argument("--only", default="finetune,generation,stacked,finetune_compile")
+    parser.add_argument("--calibration-steps", type=int, default=100, help="steps of the calibration check")
+    parser.add_argument("--only", default="finetune,generation,stacked,calibration,finetune_compile")
     parser.add_argument("--small", action="store_true", help="64 training and 64 test images (a CPU dry run)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -175,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = {"finetune": lambda: check_finetune(device, args.steps, modes, *sizes),
               "generation": lambda: check_generation(device, args.iterations),
               "stacked": lambda: check_stacked(device, args.steps, sizes[0] // 2 if args.small else 256, sizes[1]),
+              "calibration": lambda: check_calibration(device, args.calibration_steps),
               # last: compilation can take a minute; the checks above are written before it starts
               "finetune_compile": lambda: check_finetune(device, args.steps, ["compile"], *sizes)}
     loose = device.type == "cuda" and numeric.allow_tf32_cudnn
