@@ -3,7 +3,9 @@
     python bench/official_stage2.py DATA_ROOT --official ../IntraQ --profile cifar10 --epochs 6 --threads 1 \
         --images resume/cifar10-official/synthesis/intraq-v2-21f539df6743
 
-(those images: `git checkout edfd2bd -- resume/cifar10-official`; deleted from the tree, see resume/README.md)
+(those images: `git checkout edfd2bd -- resume/cifar10-official`; deleted from the tree, see resume/README.md; they
+were made by the 86.90% teacher, so add `--set teacher.checkpoint=teachers/resnet20-cifar10.pt --set
+teacher.train_epochs=30 --set teacher.train_weight_decay=5e-4`: `cifar10` now names the 87.74% one)
 
 Why: our official-strength IntraQ cell diverges in its first fine-tuning epoch. Running the authors' own trainer on
 exactly the same teacher and images, beside ours, tells whether that is our code (the official trainer trains) or

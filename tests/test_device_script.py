@@ -84,8 +84,9 @@ def test_teacher_script_dry_run_trains_and_hands_back_the_checkpoint(tmp_path):
 
 
 def test_teacher_script_needs_data_on_the_device(tmp_path):
+    env = {**os.environ, "TEACHER_EPOCHS": "200", "TEACHER_WD": "5e-4"}  # a teacher not committed yet
     proc = subprocess.run(["bash", str(ROOT / "bench/device/teacher.sh"), str(tmp_path / "nope.tar.gz"),
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=30)
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "no CIFAR-10 data" in proc.stderr
 
 
@@ -126,8 +127,7 @@ def test_session_script_leaves_the_untimed_parts_out_when_time_is_short(tmp_path
 def test_teacher_script_leaves_a_committed_teacher_alone(tmp_path):
     # the 160-epoch weight-decay-1e-4 teacher is committed under teachers/: a lent GPU must not train it again
     assert (ROOT / "teachers/resnet20-cifar10-e160-wd1e-4.json").is_file()
-    data = tmp_path / "cifar10-jpeg.tar.gz"
-    data.write_bytes(b"never read")
+    data = tmp_path / "cifar10-jpeg.tar.gz"  # absent: a committed teacher needs no data carried along
     env = {k: v for k, v in os.environ.items() if k not in ("TEACHER_WD", "TEACHER_EPOCHS")}
     proc = subprocess.run(["bash", str(ROOT / "bench/device/teacher.sh"), str(data), str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=30)

@@ -22,8 +22,12 @@ def _teacher() -> torch.nn.Module:
     return build_model("digits_cnn", 10).eval()
 
 
-def _gdfq(teacher: torch.nn.Module) -> GdfqCalibrationSource:
-    return GdfqCalibrationSource(teacher, 10, 16, 16, 1e-3, 8, CPU, torch.Generator().manual_seed(3), True)
+def _gdfq(teacher: torch.nn.Module, conditional_bn: bool = True) -> GdfqCalibrationSource:
+    return GdfqCalibrationSource(teacher, 10, 16, 16, 1e-3, 8, CPU, torch.Generator().manual_seed(3), conditional_bn)
+
+
+def _gdfq_embedding(teacher: torch.nn.Module) -> GdfqCalibrationSource:
+    return _gdfq(teacher, conditional_bn=False)  # CIFAR's generator (label embedding)
 
 
 def _images(_teacher: torch.nn.Module) -> ImageSetCalibration:
@@ -56,7 +60,8 @@ def _state(student: torch.nn.Module, source) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("make_source", [_gdfq, _images, _Plain], ids=["gdfq", "image-set", "other"])
+@pytest.mark.parametrize("make_source", [_gdfq, _gdfq_embedding, _images, _Plain],
+                         ids=["gdfq-ccbn", "gdfq-embedding", "image-set", "other"])
 def test_fast_calibration_equals_the_reference_exactly(make_source):
     torch.set_num_threads(1)
     teacher = _teacher()

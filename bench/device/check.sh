@@ -80,7 +80,7 @@ if [[ $DRY -eq 1 ]]; then
   run_step pipeline 300 "$PY" bench/device/pipeline_check.py --out "$OUT" --device cpu --fast none
 else
   run_step equality "${EQUALITY_SECONDS:-120}" "$PY" -m intraq.fast.device_check --out "$OUT/equality.json" --device cuda \
-    --steps 300 --iterations 200
+    --steps 300 --iterations 200 --only finetune,calibration,stacked,generation,finetune_compile
   # The key number first (official-run cost), then the per-path throughput, into one merged record.
   INTRAQ_THROUGHPUT_DIR="$OUT" INTRAQ_BENCH_STACKED="${INTRAQ_BENCH_STACKED:-1,8}" \
     INTRAQ_BENCH_PROCESSES="${INTRAQ_BENCH_PROCESSES:-2}" run_step official_run 180 "$PY" -m pytest -q \

@@ -41,14 +41,16 @@ LEFT=$((LIMIT - SECONDS - 60))
 if [[ $LEFT -lt 60 ]]; then
   echo "no time left for the teacher and the equality check (${LEFT}s)" > "$WORK/late.txt"; STATUS=1
 else
-  EQ=$(( LEFT > 160 ? LEFT - 100 : 60 ))  # the equality check's limit, leaving the pipeline check its 90 s
-  CHECK_STEPS=install,equality,pipeline EQUALITY_SECONDS=$EQ timeout --kill-after=10 "$LEFT" \
+  # the equality step's limit leaves the pipeline step its 90 s and both their 10 s kill-afters; under 60 s for
+  # equality, the pipeline step alone (installed wheels, if any, are in /tmp/site from the timed part already)
+  EQ=$((LEFT - 120)); STEPS=equality,pipeline; [[ $EQ -lt 60 ]] && STEPS=pipeline
+  CHECK_STEPS=$STEPS EQUALITY_SECONDS=$EQ timeout --kill-after=10 "$LEFT" \
     bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check" > "$WORK/check.out" 2>&1 &
   CHECK_PID=$!
   if [[ $DRY -eq 1 ]]; then
     TEACHER_SECONDS="$LEFT" bash "$HERE/teacher.sh" --dry-run "$WORK/teacher" || STATUS=1
   else
-    bash "$HERE/teacher.sh" "$DATA" "$WORK/teacher" "$LEFT" || STATUS=1
+    bash "$HERE/teacher.sh" "$DATA" "$WORK/teacher" "$((LEFT - 60))" || STATUS=1  # less its 60 s kill-after
   fi
   wait "$CHECK_PID" || STATUS=1
 fi

@@ -41,6 +41,11 @@ if [[ $DRY -eq 1 ]]; then
   FOLDER="$OUT/dry-run-teacher"; NAME="digits_cnn-digits-e${TEACHER_EPOCHS:-2}.pt"
   ARGS=(--profile smoke --set "teacher.train_epochs=${TEACHER_EPOCHS:-2}" --device cpu)
 else
+  COMMITTED="teachers/resnet20-cifar10-e$EPOCHS$([[ "$WD" != "5e-4" ]] && echo "-wd$WD").pt"
+  if [[ -f "$COMMITTED" && -f "${COMMITTED%.pt}.json" ]]; then  # finished, measured and committed: no data needed
+    echo "teacher already committed: $COMMITTED (nothing to do)" | tee "$OUT/summary.txt"
+    exit 0
+  fi
   if [[ ! -f "$DATA" && ! -d "$DATA" ]]; then
     echo "teacher.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
     exit 2
@@ -58,11 +63,6 @@ STATE="${CKPT%.pt}.state"
 
 rc=0
 SIDECAR="${CKPT%.pt}.json"  # written last: a teacher is finished only with it
-COMMITTED="teachers/$NAME"
-if [[ $DRY -eq 0 && -f "$COMMITTED" && -f "${COMMITTED%.pt}.json" ]]; then  # finished, measured and committed
-  echo "teacher already committed: $COMMITTED (nothing to do)" | tee "$OUT/summary.txt"
-  exit 0
-fi
 if [[ -f "$CKPT" && ! -f "$SIDECAR" ]]; then
   rm -f "$CKPT" "$CKPT.sha256"  # stopped while saving: its state (kept until the sidecar is written) redoes it
 fi

@@ -49,7 +49,7 @@ class FastCalibration:
                     self.runner(**inputs)
         finally:
             set_act_calibration(self.student, False)
-        if isinstance(self.source, GdfqCalibrationSource):
+        if isinstance(self.source, GdfqCalibrationSource) and steps > 0:
             self.source.last_loss = float(self.loss)
 
     def _draw(self) -> dict[str, torch.Tensor]:

@@ -145,7 +145,8 @@ def check_calibration(device: torch.device, steps: int) -> dict[str, Any]:
 
     def source() -> GdfqCalibrationSource:
         return GdfqCalibrationSource(copy.deepcopy(teacher), 10, 32, cfg.gdfq_latent_dim, cfg.gdfq_lr,
-                                     cfg.calib_batch_size, device, torch.Generator().manual_seed(3), True)
+                                     cfg.calib_batch_size, device, torch.Generator().manual_seed(3),
+                                     conditional_bn=False)  # CIFAR's generator (label embedding), as official
 
     def ranges(model: torch.nn.Module) -> torch.Tensor:
         from intraq.quantize import act_quantizers

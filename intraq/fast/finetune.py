@@ -331,7 +331,7 @@ def _finetune_fast(
         # Calibration epochs: the reference's `calibrate`, run by run (forward only; ranges frozen afterwards), each
         # run's step captured once (`FastCalibration`).
         calibrations = [FastCalibration(student, run.calibration, device, fast.capture)
-                        for run, student in zip(runs, students, strict=True)]
+                        for run, student in zip(runs, students, strict=True)] if start < cfg.calib_epochs else []
         for epoch in range(start, cfg.calib_epochs):
             tic = time.perf_counter()
             for calibration in calibrations:
@@ -350,6 +350,7 @@ def _finetune_fast(
             if on_epoch is not None:
                 on_epoch(epoch)
 
+        del calibrations  # their graphs' memory pools and image copies: not needed once the ranges are frozen
         stack = StudentStack(students, fast.channels_last)
         names = list(stack.params)
         params = [stack.params[k] for k in names]
