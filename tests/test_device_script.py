@@ -134,3 +134,13 @@ def test_teacher_script_leaves_a_committed_teacher_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out/summary.txt").read_text().startswith("teacher already committed: teachers/")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.txt"]
+
+
+def test_strict_equality_check_turns_tf32_off_for_both_paths(tmp_path):
+    # its own process: the check sets torch's process-wide backend flags
+    proc = subprocess.run([sys.executable, "-m", "intraq.fast.device_check", "--out", str(tmp_path / "eq.json"),
+                           "--device", "cpu", "--only", "calibration", "--calibration-steps", "2", "--strict"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "eq.json").read_text())
+    assert proc.returncode == 0 and report["verdicts"] == {"calibration-none": True}, proc.stderr[-2000:]
+    assert not report["numeric"]["allow_tf32_cudnn"] and not report["numeric"]["allow_tf32_matmul"]

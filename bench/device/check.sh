@@ -7,7 +7,8 @@
 # Steps, each under its own time limit; whatever finished is in OUTDIR even when a later step fails:
 #   1. env.json        python, torch, CUDA, GPU, TF32/cuDNN flags; missing Python packages installed from .whl/
 #                      if the tree carries any (the machine has no network)
-#   2. equality.json   fast path = reference path on this device (python -m intraq.fast.device_check)
+#   2. equality.json   fast path = reference path on this device (python -m intraq.fast.device_check --strict:
+#                      TF32 off for both, so the CPU tests' tolerances apply)
 #   3. <gpu>.json      the CUDA throughput benchmark (pytest bench -k throughput): the official-run cost first,
 #                      then reference / fast / stacked throughput of ResNet-20 and ResNet-18
 #   4. pipeline.json   a tiny smoke case through `intraq run --fast` (bench/device/pipeline_check.py): the wiring
@@ -80,7 +81,7 @@ if [[ $DRY -eq 1 ]]; then
   run_step pipeline 300 "$PY" bench/device/pipeline_check.py --out "$OUT" --device cpu --fast none
 else
   run_step equality "${EQUALITY_SECONDS:-120}" "$PY" -m intraq.fast.device_check --out "$OUT/equality.json" --device cuda \
-    --steps 300 --iterations 200 --only finetune,calibration,stacked,generation,finetune_compile
+    --steps 300 --iterations 200 --only finetune,calibration,stacked,generation,finetune_compile --strict
   # The key number first (official-run cost), then the per-path throughput, into one merged record.
   INTRAQ_THROUGHPUT_DIR="$OUT" INTRAQ_BENCH_STACKED="${INTRAQ_BENCH_STACKED:-1,8}" \
     INTRAQ_BENCH_PROCESSES="${INTRAQ_BENCH_PROCESSES:-2}" run_step official_run 180 "$PY" -m pytest -q \

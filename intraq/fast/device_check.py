@@ -9,8 +9,8 @@ Five checks, each written to the JSON as it finishes, with its numbers and a ver
 - `calibration`: the official GDFQ calibration (`intraq.fast.calibration`) against the reference `calibrate`;
 - `finetune_compile`: the fine-tuning check with `capture="compile"` (last: it compiles for a while).
 Each mode's `seconds` are the data for choosing the capture mode (and INTRAQ_BENCH_CAPTURE of the benchmark).
-Both paths run with the same TF32/cuDNN flags (`NumericSettings`, official defaults), recorded in the output.
-Tolerances are those of the CPU tests, widened for TF32 where a check runs with it.
+Both paths run with the same TF32/cuDNN flags (`NumericSettings`, official defaults, or TF32 off with `--strict`),
+recorded in the output. Tolerances are those of the CPU tests, widened for TF32 where a check runs with it.
 """
 
 from __future__ import annotations
@@ -210,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-steps", type=int, default=100, help="steps of the calibration check")
     parser.add_argument("--only", default="finetune,generation,stacked,calibration,finetune_compile")
     parser.add_argument("--small", action="store_true", help="64 training and 64 test images (a CPU dry run)")
+    parser.add_argument("--strict", action="store_true",
+                        help="TF32 off for both paths, so the CPU tests' tolerances apply: a sharper test of the "
+                             "algorithm (at 100 steps on an H200 with TF32 on, the KD losses differed by 1.5%%, "
+                             "over the loose 1%% tolerance, cause not yet separated)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    numeric = NumericSettings()
+    numeric = NumericSettings(allow_tf32_matmul=False, allow_tf32_cudnn=False) if args.strict else NumericSettings()
     numeric.apply()
     report: dict[str, Any] = {"device": str(device), "numeric": current_numeric_settings(),
                               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
