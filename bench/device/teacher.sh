@@ -41,21 +41,20 @@ if [[ $DRY -eq 1 ]]; then
   FOLDER="$OUT/dry-run-teacher"; NAME="digits_cnn-digits-e${TEACHER_EPOCHS:-2}.pt"
   ARGS=(--profile smoke --set "teacher.train_epochs=${TEACHER_EPOCHS:-2}" --device cpu)
 else
-  COMMITTED="teachers/resnet20-cifar10-e$EPOCHS$([[ "$WD" != "5e-4" ]] && echo "-wd$WD").pt"
-  if [[ -f "$COMMITTED" && -f "${COMMITTED%.pt}.json" ]]; then  # finished, measured and committed: no data needed
-    echo "teacher already committed: $COMMITTED (nothing to do)" | tee "$OUT/summary.txt"
-    exit 0
-  fi
-  if [[ ! -f "$DATA" && ! -d "$DATA" ]]; then
-    echo "teacher.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
-    exit 2
-  fi
   FOLDER="resume/teacher-cifar10"; NAME="resnet20-cifar10-e$EPOCHS.pt"
   ARGS=(--profile cifar10 --data-root "$DATA" --set "teacher.train_epochs=$EPOCHS" --device cuda)
 fi
 ARGS+=(--set "teacher.train_weight_decay=$WD")
 if [[ "$WD" != "5e-4" ]]; then  # a weight decay other than the recipe's own: its own checkpoint and state
   NAME="${NAME%.pt}-wd$WD.pt"
+fi
+if [[ $DRY -eq 0 && -f "teachers/$NAME" && -f "teachers/${NAME%.pt}.json" ]]; then  # finished and committed
+  echo "teacher already committed: teachers/$NAME (nothing to do)" | tee "$OUT/summary.txt"
+  exit 0  # before the data check: a committed teacher needs no data carried along
+fi
+if [[ $DRY -eq 0 && ! -f "$DATA" && ! -d "$DATA" ]]; then
+  echo "teacher.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
+  exit 2
 fi
 mkdir -p "$FOLDER"
 CKPT="$FOLDER/$NAME"

@@ -21,7 +21,7 @@ from torch import nn
 from intraq.fast.capture import StepRunner
 from intraq.finetune.trainer import CalibrationSource, ImageSetCalibration, calibrate
 from intraq.quantize import set_act_calibration
-from intraq.synthesis.gdfq import GdfqCalibrationSource, capturable_adam
+from intraq.synthesis.gdfq import GdfqCalibrationSource, set_adam_capturable
 
 
 class FastCalibration:
@@ -31,12 +31,14 @@ class FastCalibration:
         self.student, self.source, self.device = student, source, device
         self.mode = "cudagraph" if capture == "cudagraph" and device.type == "cuda" else "none"
         self.runner: StepRunner | None = None
+        self.gdfq = isinstance(source, GdfqCalibrationSource)
         self.images = source.images.to(device) if isinstance(source, ImageSetCalibration) else None
+        self.known = self.gdfq or self.images is not None  # else: the reference loop
         self.loss = torch.zeros((), device=device)  # the generator's last loss, read once per epoch
 
     def epoch(self, steps: int) -> None:
         """`steps` calibration batches with the ranges updating, then the ranges frozen (as `calibrate`)."""
-        if not isinstance(self.source, GdfqCalibrationSource | ImageSetCalibration):
+        if not self.known:
             calibrate(self.student, self.source, steps)
             return
         set_act_calibration(self.student, True)
@@ -49,17 +51,17 @@ class FastCalibration:
                     self.runner(**inputs)
         finally:
             set_act_calibration(self.student, False)
-        if isinstance(self.source, GdfqCalibrationSource) and steps > 0:
+        if self.gdfq and steps > 0:
             self.source.last_loss = float(self.loss)
 
     def _draw(self) -> dict[str, torch.Tensor]:
-        if isinstance(self.source, GdfqCalibrationSource):
+        if self.gdfq:
             z, labels = self.source.sample_inputs(self.source.batch_size)
             return {"z": z, "labels": labels}
         return {"idx": self.source.draw_index().to(self.device)}
 
     def _step(self, inputs: dict[str, torch.Tensor]) -> None:
-        if isinstance(self.source, GdfqCalibrationSource):
+        if self.gdfq:
             images, loss = self.source.update(inputs["z"], inputs["labels"])
             with torch.no_grad():
                 self.loss.copy_(loss)
@@ -70,13 +72,12 @@ class FastCalibration:
 
     def _first_step(self, inputs: dict[str, torch.Tensor]) -> StepRunner:
         """Run the first step eagerly (it creates Adam's state), then build the runner over static inputs."""
-        gdfq = isinstance(self.source, GdfqCalibrationSource)
-        if gdfq and self.mode == "cudagraph":
-            capturable_adam(self.source.optimizer, self.device)
+        if self.gdfq and self.mode == "cudagraph":
+            set_adam_capturable(self.source.optimizer, self.device)
         self._step(inputs)
         static = {name: torch.empty_like(value) for name, value in inputs.items()}
         state = [*self.student.buffers(), self.loss]
-        if gdfq:
+        if self.gdfq:
             state += [*self.source.model.parameters(), *self.source.model.buffers()]
             state += [t for s in self.source.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         return StepRunner(lambda: self._step(static), static, state, self.mode)

@@ -157,22 +157,14 @@ def step_on(
     optimizer.step()
 
 
-def plain_adam(optimizer: torch.optim.Optimizer) -> None:
-    """Adam in its default (non-capturable) form, step counts on the host, as the reference path runs it."""
+def set_adam_capturable(optimizer: torch.optim.Optimizer, device: torch.device | None) -> None:
+    """Adam's capturable form with its step counts on `device` (CUDA-graph capture needs it), or with None its
+    default form, step counts on the host, as the reference path runs it."""
     for group in optimizer.param_groups:
-        group["capturable"] = False
+        group["capturable"] = device is not None
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].detach().to("cpu")
-
-
-def capturable_adam(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Adam's capturable form (step counts on the device), which CUDA-graph capture needs."""
-    for group in optimizer.param_groups:
-        group["capturable"] = True
-    for state in optimizer.state.values():
-        if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].detach().to(device)
+            state["step"] = state["step"].detach().to(device or "cpu")
 
 
 class GdfqCalibrationSource:
@@ -240,7 +232,7 @@ class GdfqCalibrationSource:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        plain_adam(self.optimizer)  # a state saved by the fast path's captured calibration (capturable Adam)
+        set_adam_capturable(self.optimizer, None)  # a state saved by the fast path's captured calibration
         self.rng.set_state(state["rng"])
 
     @torch.no_grad()
