@@ -49,7 +49,8 @@ def test_round_trip_through_dict():
 
 def test_profiles_exist_and_unknown_profile_lists_them():
     assert {"smoke", "cifar10", "cifar10-cpu", "imagenet"} <= set(PROFILES.names())
-    with pytest.raises(UserInputError, match="known: cifar10, cifar10-cpu, imagenet, imagenet-official-script, smoke"):
+    known = "known: cifar10, cifar10-cpu, cifar10-lr1e-5, imagenet, imagenet-official-script, smoke"
+    with pytest.raises(UserInputError, match=known):
         get_profile("cifar100")
 
 
@@ -66,12 +67,13 @@ def _flat(cfg) -> dict:
             for k, v in fields.items()}
 
 
-def test_cifar10_cpu_lists_exactly_what_it_changes():
+@pytest.mark.parametrize("profile", ["cifar10-cpu", "cifar10-lr1e-5"])
+def test_cifar10_variants_list_exactly_what_they_change(profile):
     from intraq.profiles import profile_deviations
 
-    official, reduced = _flat(get_profile("cifar10")), _flat(get_profile("cifar10-cpu"))
+    official, reduced = _flat(get_profile("cifar10")), _flat(get_profile(profile))
     changed = {k for k in official if official[k] != reduced[k]}
-    assert changed == set(profile_deviations("cifar10-cpu"))
+    assert changed == set(profile_deviations(profile))
     assert profile_deviations("cifar10") == {} and profile_deviations("imagenet-official-script") == {}
 
 
