@@ -4,10 +4,11 @@ comparable (machines differ).
 Every claim is a set of pairs (a, b) of table cells; for each pair we estimate δ = a − b in accuracy points.
 
 **Like for like first.** A pair is compared only when every run of both cells ran on one *machine class*
-(`machine_class`: the GPU's name for a CUDA run, "CPU <processor>, <n> cores" otherwise, plus the torch version,
-all read from the record's `machine` field). Floating-point reductions differ between devices and torch builds
-and GDFQ's calibration amplifies that by about one seed's spread, so a pair whose cells ran on different machine
-classes is never decided: its verdict is "not comparable (machines differ)", naming the machines.
+(`machine_class`: the GPU's name for a CUDA run, "CPU <processor> <vector ISA>, <n> cores" otherwise, plus the
+torch version, all read from the record's `machine` field; records from before the ISA was recorded name none).
+Floating-point reductions differ between devices and torch builds and GDFQ's calibration amplifies that by about
+one seed's spread, so a pair whose cells ran on different machine classes is never decided: its verdict is "not
+comparable (machines differ)", naming the machines.
 
 **Interval.** Paired when both cells ran the same seeds (same seed = same seed-derived randomness, e.g. the GDFQ
 calibration generator): the t interval of the per-seed differences, `scipy.stats.ttest_rel(a, b)
@@ -56,7 +57,8 @@ UNKNOWN_MACHINE = "unknown machine"
 
 def machine_class(machine: Mapping[str, Any] | None) -> str:
     """The machine class of a run, from its record's `machine` field: "<GPU name>, torch <v>" for a CUDA run,
-    "CPU <processor>, <n> cores, torch <v>" otherwise. Runs of one class are compared; other classes are not."""
+    "CPU <processor> <ISA>, <n> cores, torch <v>" otherwise (the ISA torch's kernels use, e.g. AVX2 or AVX512,
+    where the record has it). Runs of one class are compared; other classes are not."""
     if not machine:
         return UNKNOWN_MACHINE
     torch_version = machine.get("torch", "?")
@@ -64,7 +66,8 @@ def machine_class(machine: Mapping[str, Any] | None) -> str:
     if device.startswith("cuda") or machine.get("gpu"):
         return f"{machine.get('gpu') or 'CUDA GPU'}, torch {torch_version}"
     cores = machine.get("cpu_count")
-    return f"CPU {machine.get('processor') or '?'}{f', {cores} cores' if cores else ''}, torch {torch_version}"
+    isa = f" {machine['cpu_capability']}" if machine.get("cpu_capability") else ""
+    return f"CPU {machine.get('processor') or '?'}{isa}{f', {cores} cores' if cores else ''}, torch {torch_version}"
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str | None:
+    """The vector instruction set torch's CPU kernels dispatch to ("AVX512", "AVX2", ...): the same "AMD EPYC"
+    model name has come with and without AVX-512 on this project's machines, at 3x the speed and with other float
+    rounding, so a record names it."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -92,7 +103,7 @@ def sitting(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Where and when one stretch of a long run ran: a run resumed on another machine (or after a code change)
     lists one of these per stretch, so its record says which parts ran where."""
     info = machine_info(device)
-    keep = ("hostname", "processor", "torch", "torch_threads", "device", "gpu")
+    keep = ("hostname", "processor", "cpu_capability", "torch", "torch_threads", "device", "gpu")
     return {**{k: info[k] for k in keep if k in info}, "git_commit": git_commit(), "started": now_utc()}
 
 

@@ -115,6 +115,9 @@ def test_machine_class_from_the_record() -> None:
     assert machine_class(CPU) == "CPU x86_64, 2 cores, torch 2.14.1"
     assert machine_class(dict(CPU, torch="2.11.0")) != machine_class(CPU)  # the torch version is part of it
     assert machine_class(dict(CPU, torch_threads=2)) == machine_class(CPU)
+    # the vector ISA torch dispatches to changes speed 3x and the float rounding: AVX2 and AVX-512 runs differ
+    assert machine_class(dict(CPU, cpu_capability="AVX2")) == "CPU x86_64 AVX2, 2 cores, torch 2.14.1"
+    assert machine_class(dict(CPU, cpu_capability="AVX512")) != machine_class(dict(CPU, cpu_capability="AVX2"))
     assert machine_class(None) == "unknown machine"
 
 

@@ -39,9 +39,10 @@ def test_a_committed_smoke_record_reproduces_exactly(artifacts, tmp_path, method
     if machine.get("device") != "cpu" or machine.get("torch_threads") != torch.get_num_threads():
         pytest.skip(f"record made on {machine.get('device')} with {machine.get('torch_threads')} threads")
     here = machine_info("cpu")
-    if (machine.get("cpu_model"), machine.get("torch")) != (here["cpu_model"], here["torch"]):
-        pytest.skip(f"record made on {machine.get('cpu_model')} with torch {machine.get('torch')}, this is "
-                    f"{here['cpu_model']} with torch {here['torch']}: float results may differ")
+    keys = ("cpu_model", "torch", *(("cpu_capability",) if "cpu_capability" in machine else ()))
+    if any(machine.get(k) != here[k] for k in keys):
+        pytest.skip(f"record made on {[machine.get(k) for k in keys]}, this is {[here[k] for k in keys]} ({keys}): "
+                    "float results may differ")
     cfg = from_dict(RunConfig, stored["config"])
     device = torch.device("cpu")
     teacher = get_teacher(cfg.teacher, build_data(cfg.data), device, artifacts, progress=False)
