@@ -162,7 +162,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _plan(opts: BenchOptions, needed: set[str] | None) -> list[PlannedCase]:
-    return plan_cases(opts.profile, opts.seeds, opts.results, opts.extra, opts.default_seconds, needed)
+    from intraq.device import pick_device
+
+    return plan_cases(opts.profile, opts.seeds, opts.results, opts.extra, opts.default_seconds, needed,
+                      pick_device(opts.device).type)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

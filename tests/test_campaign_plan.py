@@ -17,11 +17,14 @@ from intraq.errors import UserInputError
 from intraq.tables import get_table, jobs
 
 
-def _record(results, case, seed, seconds, method="intraq", version=intraq.__version__):
+def _record(results, case, seed, seconds, method="intraq", version=intraq.__version__, device=None):
     path = results / "smoke" / f"{case}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"case": case, "seed": seed, "method": method, "seconds": {"total": seconds},
-                                "accuracy": {"best_epoch": 97.5}, "intraq_bench_version": version}))
+    record = {"case": case, "seed": seed, "method": method, "seconds": {"total": seconds},
+              "accuracy": {"best_epoch": 97.5}, "intraq_bench_version": version}
+    if device is not None:
+        record["machine"] = {"device": device}
+    path.write_text(json.dumps(record))
     return path
 
 
@@ -55,6 +58,20 @@ def test_durations_estimate_from_the_case_then_method_then_profile_then_default(
     assert d.estimate("aaa", "intraq")[0] == 15.0
     assert d.estimate("ccc", "squant")[0] == 100.0
     assert d.estimate("ccc", "qimera")[0] == 20.0  # median of 10, 20, 100
+
+
+def test_durations_of_one_device_type_ignore_the_others(tmp_path):
+    # a profile's CPU curve run (hours) must not keep a GPU campaign's deadline from starting its cases
+    _record(tmp_path, "aaa", 0, 30000.0, device="cpu")
+    _record(tmp_path, "aaa", 1, 400.0, device="cuda:0")
+    _record(tmp_path, "bbb", 0, 300.0, device="cuda")
+    _record(tmp_path, "ccc", 0, 20000.0)  # records without a machine ran on the CPU
+    assert Durations.from_records(tmp_path, "smoke", device_type="cuda").estimate("aaa", "intraq")[0] == 400.0
+    assert Durations.from_records(tmp_path, "smoke", device_type="cuda").estimate("ddd", "intraq")[0] == 350.0
+    assert Durations.from_records(tmp_path, "smoke", device_type="cpu").estimate("ddd", "intraq")[0] == 25000.0
+    assert Durations.from_records(tmp_path, "smoke").estimate("aaa", "intraq")[0] == 15200.0  # every record
+    planned = {p.case: p for p in plan_cases("smoke", 1, tmp_path, device_type="cuda")}
+    assert {p.estimate for p in planned.values() if p.method == "intraq"} == {350.0}
 
 
 @pytest.mark.parametrize("text, seconds", [("12m", 720), ("1h30m", 5400), ("90s", 90), ("480", 480), (None, None)])

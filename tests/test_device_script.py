@@ -144,3 +144,29 @@ def test_strict_equality_check_turns_tf32_off_for_both_paths(tmp_path):
     report = json.loads((tmp_path / "eq.json").read_text())
     assert proc.returncode == 0 and report["verdicts"] == {"calibration-none": True}, proc.stderr[-2000:]
     assert not report["numeric"]["allow_tf32_cudnn"] and not report["numeric"]["allow_tf32_matmul"]
+
+
+def test_campaign_script_dry_run_packs_the_records_it_made(tmp_path):
+    # one smoke case on the fast path (the cases a lent GPU would run at cifar10-lr1e-5), packed for the repository
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CAMPAIGN_SEEDS": "1",
+           "CAMPAIGN_SELECT": "mdc_vs_adi-mdc-"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path), "240"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with tarfile.open(tmp_path / "campaign.tar.gz") as tar:
+        names = set(tar.getnames())
+    (record,) = [n for n in names if n.startswith("smoke/") and n.count("/") == 1 and n.endswith(".json")]
+    assert "smoke/cells/mdc_vs_adi--mdc-seed0.json" in names and not any(".campaign" in n for n in names)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.startswith("campaign smoke: pytest rc=0") and f"{record}: intraq, best epoch" in summary
+    assert "stage 2 on the fast path, capture none" in summary
+
+
+def test_campaign_script_needs_data_and_time(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), str(tmp_path / "nope.tar.gz"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "no CIFAR-10 data" in proc.stderr
+    env = {**os.environ, "PYTHON": "false"}
+    short = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path), "60"],
+                           env=env, capture_output=True, text=True, timeout=30)
+    assert short.returncode == 1 and "no time left" in (tmp_path / "summary.txt").read_text()

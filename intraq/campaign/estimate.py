@@ -38,16 +38,25 @@ def parse_duration(text: str | float | None) -> float | None:
     return seconds
 
 
+def record_device_type(record: dict) -> str:
+    """"cuda" or "cpu": the kind of device a record ran on (its `machine.device`, e.g. "cuda:0")."""
+    device = str((record.get("machine") or {}).get("device") or "cpu")
+    return device.split(":", 1)[0]
+
+
 @dataclass
 class Durations:
-    """Compute seconds of the finished records of one profile, by case and by method."""
+    """Compute seconds of the finished records of one profile, by case and by method. With `device_type`, only
+    the records that ran on that kind of device count: one profile's CPU and GPU runs differ a hundredfold, and
+    a GPU campaign's deadline planned on a CPU record would start nothing."""
 
     by_case: dict[str, list[float]] = field(default_factory=dict)
     by_method: dict[str, list[float]] = field(default_factory=dict)
     default: float = FALLBACK_CASE_SECONDS
 
     @classmethod
-    def from_records(cls, results: Path, profile: str, default: float | None = None) -> Durations:
+    def from_records(cls, results: Path, profile: str, default: float | None = None,
+                     device_type: str | None = None) -> Durations:
         out = cls(default=default if default is not None else DEFAULT_CASE_SECONDS.get(profile,
                                                                                         FALLBACK_CASE_SECONDS))
         folder = Path(results) / profile
@@ -55,7 +64,9 @@ class Durations:
             try:
                 record = json.loads(path.read_text())
                 seconds = float(record["seconds"]["total"])
-            except (ValueError, KeyError, TypeError, OSError):
+                if device_type is not None and record_device_type(record) != device_type:
+                    continue
+            except (ValueError, KeyError, TypeError, OSError, AttributeError):
                 continue  # not a run record (or unreadable): no estimate from it
             out.by_case.setdefault(str(record.get("case")), []).append(seconds)
             out.by_method.setdefault(str(record.get("method")), []).append(seconds)

@@ -68,13 +68,15 @@ def needed_cells(verdicts: dict[str, str]) -> set[str]:
 
 
 def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] = (),
-               default_seconds: float | None = None, needed: set[str] | None = None) -> list[PlannedCase]:
+               default_seconds: float | None = None, needed: set[str] | None = None,
+               device_type: str | None = None) -> list[PlannedCase]:
     """Every (case, seed) of the profile's tables in run order. `needed` (cell names) overrides the claim
-    verdicts read from `results` (pytest-xdist passes the controller's to every worker)."""
+    verdicts read from `results` (pytest-xdist passes the controller's to every worker); `device_type` ("cpu",
+    "cuda") estimates durations from the records of that kind of device only."""
     results = Path(results)
     cells = {cell.name: cell for table in all_tables() for cell in table.cells}
     needed = needed_cells(claim_verdicts(results, profile)) if needed is None else needed
-    durations = Durations.from_records(results, profile, default_seconds)
+    durations = Durations.from_records(results, profile, default_seconds, device_type)
     planned = []
     for index, job in enumerate(jobs(profile, seeds, list(extra))):
         job_cells = tuple(cells[name] for name in job.cells)

@@ -90,15 +90,15 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     paths = RunPaths.default(settings.artifacts, settings.results)
     case = case_hash(cfg)
     stored = result_path(paths.results, cfg.profile, case, seed)
+    device = device or pick_device(settings.device)
     if deadline is not None and not stored.exists():
         if estimate is None:
-            durations = Durations.from_records(paths.results, cfg.profile, settings.default_seconds)
+            durations = Durations.from_records(paths.results, cfg.profile, settings.default_seconds, device.type)
             estimate, _ = durations.estimate(case, cfg.synth.method)
         left = deadline - time.time()
         if estimate > left:
             raise DeadlineReached(f"{case}-seed{seed} stays pending: its estimated {estimate:.0f} s do not fit "
                                   f"in the {max(left, 0):.0f} s left before the deadline")
-    device = device or pick_device(settings.device)
     with case_lock(paths.results, cfg.profile, case, seed):
         reused = stored.exists()  # checked under the lock: a run that held it may just have written it
         try:

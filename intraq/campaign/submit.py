@@ -137,8 +137,9 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
     if options.jobs_per_gpu < 1:
         raise UserInputError(f"--jobs-per-gpu {options.jobs_per_gpu} must be at least 1")
     check_results_version(settings.results, settings.profile)
+    on_gpu = settings.device != "cpu" and bool(options.gpus_per_job or options.slurm_gres)
     planned = plan_cases(settings.profile, options.seeds, settings.results, settings.extra,
-                         settings.default_seconds)
+                         settings.default_seconds, device_type="cuda" if on_gpu else "cpu")
     if options.only:
         known = {p.case for p in planned} | {c.name for p in planned for c in p.cells}
         unknown = [o for o in options.only if o not in known]

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Grid cases on a lent GPU against a deadline (issues 14 and 17): whatever finishes comes back as records.
+#
+#   bash bench/device/campaign.sh DATA OUTDIR [SECONDS]      # on the GPU machine, from the repository root
+#   bash bench/device/campaign.sh --dry-run OUTDIR [SECONDS]  # anywhere: the same steps, smoke cases on the CPU
+#
+# Runs the table cells of CAMPAIGN_PROFILE (default cifar10-lr1e-5; CAMPAIGN_SEEDS, default 3) in claim order
+# through `pytest bench/test_tables.py` on the fast path (the runner every campaign uses; pytest-xdist with
+# CAMPAIGN_JOBS > 1 runs that many cases side by side on the GPU), starting no case whose estimated duration
+# ends after SECONDS less a minute for packing. The estimate comes from the profile's GPU records, else
+# CAMPAIGN_CASE_SECONDS (default 420: an official cifar10 run took 388 s on an H200, tenth session). A case
+# never half-returns: the ones that finish are written to results/<profile>/ on the device (as `--publish`
+# does here) and packed, with their cell files, into OUTDIR/campaign.tar.gz; unpack it in the repository root
+# (`tar xzf campaign.tar.gz`). OUTDIR/summary.txt names each new record with its best-epoch top-1, and
+# OUTDIR/campaign.log holds pytest's output. DATA is the CIFAR-10 JPEG archive carried with the tree.
+# CAMPAIGN_SELECT (a pytest -k expression over the ids `<table>-<cell>-<case>-seed<N>`) narrows the cases.
+# Exit status: 0 when pytest passed (skipped cases stay pending and pass), else 1.
+set -uo pipefail
+
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+if [[ $DRY -eq 1 && ( $# -eq 1 || $# -eq 2 ) ]]; then
+  DATA=""; OUT="$1"; LIMIT="${2:-300}"
+elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
+  DATA="$1"; OUT="$2"; LIMIT="${3:-540}"
+else
+  echo "usage: bash bench/device/campaign.sh DATA OUTDIR [SECONDS]  |  bash bench/device/campaign.sh --dry-run OUTDIR [SECONDS]" >&2
+  exit 2
+fi
+if [[ $DRY -eq 0 && ! -f "$DATA" && ! -d "$DATA" ]]; then
+  echo "campaign.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+if [[ -n "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+JOBS="${CAMPAIGN_JOBS:-1}"
+
+if [[ $DRY -eq 1 ]]; then
+  PROFILE="${CAMPAIGN_PROFILE:-smoke}"; RESULTS="$OUT/dry-run-results"
+  ARGS=(--device cpu --threads 1 --fast none --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-60}"
+        --results "$RESULTS" --artifacts "$OUT/dry-run-artifacts")
+else
+  PROFILE="${CAMPAIGN_PROFILE:-cifar10-lr1e-5}"; RESULTS="results"
+  ARGS=(--device cuda --fast auto --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-420}" --publish
+        --data-root "$DATA")
+fi
+[[ $JOBS -gt 1 ]] && ARGS+=(-n "$JOBS")
+[[ -n "${CAMPAIGN_SELECT:-}" ]] && ARGS+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
+DEADLINE=$((LIMIT - SECONDS - 60))
+MARK="$(mktemp)"  # records newer than this are the ones this call made
+rc=0
+if [[ $DEADLINE -lt 30 ]]; then
+  echo "campaign: no time left (${DEADLINE}s)" > "$OUT/summary.txt"; rc=1
+else
+  # pytest's deadline starts no case that would not fit; the timeout is the net under a wrong estimate
+  timeout --signal=INT --kill-after=20 $((DEADLINE + 30)) "$PY" -m pytest -q -p no:cacheprovider \
+    bench/test_tables.py --profile "$PROFILE" --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${DEADLINE}s" \
+    "${ARGS[@]}" > "$OUT/campaign.log" 2>&1 || rc=$?
+  tail -n 3 "$OUT/campaign.log"
+  NEW=()
+  while IFS= read -r f; do NEW+=("$f"); done < <(cd "$RESULTS" && find "$PROFILE" -type f -newer "$MARK" \
+    -not -path "*/.campaign/*" | sort)
+  if [[ ${#NEW[@]} -gt 0 ]]; then
+    tar czf "$OUT/campaign.tar.gz" -C "$RESULTS" "${NEW[@]}" || rc=1
+  fi
+  {
+    echo "campaign $PROFILE: pytest rc=$rc, ${#NEW[@]} files new in $RESULTS/$PROFILE"
+    "$PY" - "$RESULTS" "${NEW[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+for name in sys.argv[2:]:
+    if "/cells/" in name or not name.endswith(".json"):
+        continue
+    try:
+        record = json.loads((root / name).read_text())
+        path = record.get("finetune_path", "?")
+        path = f"fast path, capture {path['fast'].get('capture')}" if isinstance(path, dict) else f"{path} path"
+        print(f"  {name}: {record['method']}, best epoch {record['accuracy'].get('best_epoch')}, "
+              f"{record['seconds']['total']:.0f} s, stage 2 on the {path}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"  {name}: unreadable ({exc})")
+EOF
+  } > "$OUT/summary.txt"
+fi
+rm -f "$MARK"
+[[ $rc -eq 5 ]] && rc=0  # pytest: nothing collected (every case done)
+[[ $rc -eq 0 ]] || rc=1
+cat "$OUT/summary.txt"
+exit $rc
