@@ -293,27 +293,39 @@ def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.
 
 def cmd_curve(args: argparse.Namespace) -> int:
     from intraq.config_file import resolve_profile
-    from intraq.report.curves import load_curves, stage2_cut
+    from intraq.report.curves import load_curves, record_curve, stage2_cut
 
-    profile = resolve_profile(args.profile)
-    table, _, cell = args.cell.partition("/")
-    if not table or not cell:
-        raise UserInputError(f"--cell {args.cell!r}: give TABLE/CELL, e.g. main_cifar10/w4a4")
     if not args.within >= 0:  # also NaN
         raise UserInputError(f"--within {args.within}: give a margin in points, >= 0 (e.g. 0.3)")
-    results = Path(args.results)
-    curves = load_curves(results, profile, (table, cell))
-    if not curves:
-        raise UserInputError(f"no record with a per-epoch history for cell {args.cell} at profile {profile} in "
-                             f"{results}: run it (pytest bench -k \"{table} and {cell}\" --profile {profile}), or name "
-                             "another --cell or --results")
+    if args.record:  # runs with their own overrides, which are no table cell
+        missing = [r for r in args.record if not Path(r).is_file()]
+        if missing:
+            raise UserInputError(f"--record {', '.join(missing)}: no such file")
+        curves = [c for c in (record_curve(Path(r)) for r in args.record) if c is not None]
+        if not curves:
+            raise UserInputError(f"--record {', '.join(args.record)}: no per-epoch history in these records")
+        if len({c.profile for c in curves}) > 1:
+            raise UserInputError("--record: the records are of several profiles; one cut is for one setting")
+        profile, label = curves[0].profile, "the records"
+    else:
+        profile = resolve_profile(args.profile)
+        table, _, cell = args.cell.partition("/")
+        if not table or not cell:
+            raise UserInputError(f"--cell {args.cell!r}: give TABLE/CELL, e.g. main_cifar10/w4a4")
+        results = Path(args.results)
+        curves = load_curves(results, profile, (table, cell))
+        if not curves:
+            raise UserInputError(f"no record with a per-epoch history for cell {args.cell} at profile {profile} in "
+                                 f"{results}: run it (pytest bench -k \"{table} and {cell}\" --profile {profile}), "
+                                 "or name another --cell, --results or a --record")
+        label = args.cell
     diverged = [c for c in curves if c.diverged_at is not None]
     if diverged:  # a curve that stopped on a non-finite loss says nothing about where training levels off
-        print(f"{args.cell} at {profile}: no cut: " + "; ".join(
+        print(f"{label} at {profile}: no cut: " + "; ".join(
             f"seed {c.seed} diverged at epoch {c.diverged_at} (non-finite KD loss; the run stopped there)"
             for c in diverged) + ". A cut needs runs that trained through stage 2.", file=sys.stderr)
         return 1
-    print(f"{args.cell} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
+    print(f"{label} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
           "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
     cuts = [stage2_cut(c, args.within) for c in curves]
     for c in cuts:
@@ -485,6 +497,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", default="main_cifar10/w4a4", help="TABLE/CELL (default main_cifar10/w4a4)")
     p.add_argument("--within", type=float, default=0.3, help="points below the best (default 0.3)")
     p.add_argument("--results", default="results", help="results folder (default: the committed results/)")
+    p.add_argument("--record", action="append", default=[], metavar="FILE",
+                   help="read the curve from this run record instead of a cell (repeatable: one per seed), e.g. a "
+                   "run with its own --set overrides")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("status", help="claims x cells x seeds of a profile: done, running, pending, failed")

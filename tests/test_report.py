@@ -465,6 +465,20 @@ def test_cli_curve_prints_the_cut_and_names_the_fix_without_records(tmp_path: Pa
     assert "--within -1" in capsys.readouterr().err
 
 
+def test_cli_curve_reads_run_records_that_are_no_cell(tmp_path: Path, capsys) -> None:
+    # e.g. the curve run of issue 17: a profile's cell with its own --set overrides, so no table cell file
+    from intraq.cli import main
+
+    smoke = Path(__file__).resolve().parents[1] / "results" / "smoke"
+    records = [str(smoke / f"77c90a0f4729-seed{seed}.json") for seed in (0, 1)]
+    assert main(["curve", "--record", records[0], "--record", records[1]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the records at smoke: where the test top-1 comes within 0.3 points")
+    assert "  seed 0: best " in out and "  seed 1: best " in out and "cut for the best-epoch metric" in out
+    assert main(["curve", "--record", str(tmp_path / "nope.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
 def test_cli_curve_gives_no_cut_from_a_run_that_diverged(tmp_path: Path, capsys, monkeypatch) -> None:
     import dataclasses
 

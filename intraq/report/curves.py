@@ -60,7 +60,13 @@ def _read_curve(profile: str, folder: Path, cell_file: Path) -> Curve | None:
     record_path = folder / read_cell_record(cell_file).get("result_file", "")
     if not record_path.is_file():
         return None
+    return record_curve(record_path, profile)
+
+
+def record_curve(record_path: Path, profile: str | None = None) -> Curve | None:
+    """The curve of one run record (a table cell's, or a run with its own overrides); None without a history."""
     record = read_result(record_path)
+    profile = profile or record.profile
     history = record.history or []
     points = [(int(h["epoch"]), float(h["acc"])) for h in history if h.get("acc") is not None]
     if not points:
