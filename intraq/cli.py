@@ -6,6 +6,7 @@ torch is imported only once the config is built and checked, so bad input fails 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -376,7 +377,20 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         cpus_per_task=args.cpus_per_task, slurm_gres=args.gres, logs=Path(args.logs) if args.logs else None,
         wait=not args.no_wait,
     )
-    report = launch_campaign(_case_settings(args), options)
+    if args.stack > 1:
+        if args.executor != "local":
+            raise UserInputError("--stack runs the cases in this process: use it with --executor local (on a "
+                                 "Slurm cluster, run `intraq campaign --stack K` inside one GPU job)")
+        from intraq.campaign.stacked import run_stacked_campaign
+
+        settings = _case_settings(args)
+        if settings.fast is None:  # stacking is the fast path's
+            settings = dataclasses.replace(settings, fast="auto")
+        report = run_stacked_campaign(settings, options, args.stack, progress=not getattr(args, "quiet", False))
+    elif args.stack < 1:
+        raise UserInputError(f"--stack {args.stack} must be at least 1")
+    else:
+        report = launch_campaign(_case_settings(args), options)
     done = sum(1 for o in report.outcomes if o["state"] == "done")
     pending = sum(1 for o in report.outcomes if o["state"] == "pending")
     print(f"campaign {args.profile}: {len(report.submitted)} cases submitted; {done} done, {pending} pending, "
@@ -472,6 +486,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=("local", "slurm"),
                    help="local: jobs on this machine; slurm: sbatch jobs (needs Slurm)")
     p.add_argument("--jobs-per-gpu", type=int, default=1, help="cases per job, run side by side on its GPU")
+    p.add_argument("--stack", type=int, default=1, metavar="K",
+                   help="run here, in this process, K cases that share a stage 2 at a time, their KD fine-tuning "
+                   "stacked (vmap) on the fast path (one GPU filled from one process; no submitit)")
     p.add_argument("--gpus-per-job", type=int, default=None,
                    help="GPUs per job (default: slurm 1; local 1 if CUDA is here, else 0)")
     p.add_argument("--max-running", type=int, default=None,

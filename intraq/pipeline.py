@@ -35,7 +35,7 @@ from intraq.image_sets import (  # noqa: F401  (importable from here as before)
     teacher_identity,
 )
 from intraq.methods import MethodContext, get_method
-from intraq.methods.base import BASE_SECTIONS
+from intraq.methods.base import BASE_SECTIONS, Method, MethodOutcome
 from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT
 from intraq.results import (
     ACCURACY_NOTES,
@@ -113,6 +113,21 @@ def _drop_stale_checkpoints(run_dir: Path, stored: RunRecord) -> None:
             remove_artifact(path)
 
 
+@dataclass
+class OpenCase:
+    """A case whose stored record was not reusable, ready for its method: what `close_case` needs to write the
+    record once the method's outcome is there (`intraq.stacking` runs several open cases' stage 2 together)."""
+
+    cfg: RunConfig
+    method: Method
+    name: str  # the case hash
+    out: Path  # where its record goes
+    ctx: MethodContext
+    started: str
+    t0: float  # perf_counter at the start of its work
+    seconds: dict[str, float]
+
+
 def run_case_record(
     cfg: RunConfig,
     paths: RunPaths | None = None,
@@ -128,6 +143,23 @@ def run_case_record(
     `fast` (a capture mode of `intraq.fast`, or "auto") runs the stages that have a fast path on it (same draws,
     same algorithm, tested equal to the reference up to float rounding; the record says which path ran); the
     case hash is the same either way."""
+    opened = open_case(cfg, paths, device, progress, force, compile, fast)
+    if isinstance(opened, RunRecord):
+        return opened
+    return close_case(opened, opened.method.run(opened.ctx))
+
+
+def open_case(
+    cfg: RunConfig,
+    paths: RunPaths | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+    force: bool = False,
+    compile: bool = False,
+    fast: str | None = None,
+) -> RunRecord | OpenCase:
+    """The stored record when it is reusable; else the case's data, teacher and method context, ready to run
+    (a stored record of other data or another teacher is refused here, before any work)."""
     method = get_method(cfg.synth.method)
     paths = paths or RunPaths.default()
     device = device or pick_device()
@@ -169,14 +201,19 @@ def run_case_record(
     def test_accuracy(model: nn.Module) -> float:
         return evaluate(model, data.test, cfg.finetune.eval_batch_size, device)
 
-    outcome = method.run(MethodContext(
+    ctx = MethodContext(
         cfg=cfg, data=data, teacher=teacher, device=device, paths=paths, run_dir=run_dir,
         test_accuracy=test_accuracy, progress=progress, compile=compile, fast=fast_settings,
-    ))
-    seconds.update(outcome.seconds)
-    seconds["total"] = time.perf_counter() - t0
+    )
+    return OpenCase(cfg, method, name, out, ctx, started, t0, seconds)
+
+
+def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
+    """Write the case's record from its method's outcome, and drop its stage-2 checkpoints."""
+    cfg, teacher, data = case.cfg, case.ctx.teacher, case.ctx.data
+    seconds = {**case.seconds, **outcome.seconds, "total": time.perf_counter() - case.t0}
     record = RunRecord(
-        case=name, seed=cfg.seed, profile=cfg.profile, method=method.name,
+        case=case.name, seed=cfg.seed, profile=cfg.profile, method=case.method.name,
         accuracy={
             "after_calibration": outcome.after_calibration, "final_epoch": outcome.final_epoch,
             "best_epoch": outcome.best_epoch, "best_epoch_index": outcome.best_epoch_index,
@@ -184,13 +221,14 @@ def run_case_record(
             "teacher": teacher.info["test_top1"],
         },
         accuracy_notes=dict(ACCURACY_NOTES), teacher=teacher.info, data_identity=data.identity, config=to_dict(cfg),
-        relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(), machine=machine_info(device),
-        started=started, finished=now_utc(), intraq_bench_version=intraq.__version__, command=" ".join(sys.argv),
-        history=outcome.history, extras=outcome.extras,
+        relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(),
+        machine=machine_info(case.ctx.device), started=case.started, finished=now_utc(),
+        intraq_bench_version=intraq.__version__, command=" ".join(sys.argv), history=outcome.history,
+        extras=outcome.extras,
     )
-    write_result(record, out)
+    write_result(record, case.out)
     for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
-        remove_artifact(run_dir / checkpoint)
+        remove_artifact(case.ctx.run_dir / checkpoint)
     return record
 
 

@@ -146,20 +146,26 @@ def test_strict_equality_check_turns_tf32_off_for_both_paths(tmp_path):
     assert not report["numeric"]["allow_tf32_cudnn"] and not report["numeric"]["allow_tf32_matmul"]
 
 
-def test_campaign_script_dry_run_packs_the_records_it_made(tmp_path):
-    # one smoke case on the fast path (the cases a lent GPU would run at cifar10-lr1e-5), packed for the repository
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CAMPAIGN_SEEDS": "1",
-           "CAMPAIGN_SELECT": "mdc_vs_adi-mdc-"}
+@pytest.mark.parametrize("stack", [1, 3])
+def test_campaign_script_dry_run_packs_the_records_it_made(tmp_path, stack):
+    # tiny smoke cases on the fast path (what a lent GPU runs at cifar10-lr1e-5), packed for the repository: one at
+    # a time through pytest bench, or three with one stacked stage 2 through `intraq campaign --stack`
+    select = "comparison-real-" if stack == 1 else "comparison-real comparison-intraq"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CAMPAIGN_SEEDS": "2",
+           "CAMPAIGN_SELECT": select, "CAMPAIGN_STACK": str(stack)}
     proc = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path), "240"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with tarfile.open(tmp_path / "campaign.tar.gz") as tar:
         names = set(tar.getnames())
-    (record,) = [n for n in names if n.startswith("smoke/") and n.count("/") == 1 and n.endswith(".json")]
-    assert "smoke/cells/mdc_vs_adi--mdc-seed0.json" in names and not any(".campaign" in n for n in names)
+    records = sorted(n for n in names if n.startswith("smoke/") and n.count("/") == 1 and n.endswith(".json"))
+    assert len(records) == (2 if stack == 1 else 4) and not any(".campaign" in n for n in names)
+    assert "smoke/cells/comparison--real-seed1.json" in names
     summary = (tmp_path / "summary.txt").read_text()
-    assert summary.startswith("campaign smoke: pytest rc=0") and f"{record}: intraq, best epoch" in summary
-    assert "stage 2 on the fast path, capture none" in summary
+    assert summary.startswith(f"campaign smoke: rc=0 (stack {stack})")
+    assert all(f"{r}: " in summary for r in records)
+    assert summary.count("stage 2 on the fast path, capture none, 1 stacked") == (2 if stack == 1 else 1)
+    assert summary.count("capture none, 3 stacked") == (0 if stack == 1 else 3)
 
 
 def test_campaign_script_needs_data_and_time(tmp_path):

@@ -14,7 +14,9 @@
 # (`tar xzf campaign.tar.gz`). OUTDIR/summary.txt names each new record with its best-epoch top-1, and
 # OUTDIR/campaign.log holds pytest's output. DATA is the CIFAR-10 JPEG archive carried with the tree.
 # CAMPAIGN_SELECT (a pytest -k expression over the ids `<table>-<cell>-<case>-seed<N>`) narrows the cases.
-# Exit status: 0 when pytest passed (skipped cases stay pending and pass), else 1.
+# CAMPAIGN_STACK=K (K > 1) runs them instead with `intraq campaign --stack K`: in one process, K cases that share
+# a stage 2 at a time, their KD fine-tuning stacked (vmap); CAMPAIGN_SELECT then lists cell names (table-key).
+# Exit status: 0 when the runner passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
 DRY=0
@@ -39,17 +41,26 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 JOBS="${CAMPAIGN_JOBS:-1}"
 
+STACK="${CAMPAIGN_STACK:-1}"
 if [[ $DRY -eq 1 ]]; then
   PROFILE="${CAMPAIGN_PROFILE:-smoke}"; RESULTS="$OUT/dry-run-results"
   ARGS=(--device cpu --threads 1 --fast none --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-60}"
         --results "$RESULTS" --artifacts "$OUT/dry-run-artifacts")
+  for o in synth.num_images=64 synth.batch_size=32 synth.iterations=10 finetune.epochs=3 finetune.calib_epochs=1 \
+           finetune.iters_per_epoch=4 finetune.batch_size=32; do ARGS+=(--set "$o"); done  # seconds per case
 else
   PROFILE="${CAMPAIGN_PROFILE:-cifar10-lr1e-5}"; RESULTS="results"
   ARGS=(--device cuda --fast auto --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-420}" --publish
         --data-root "$DATA")
 fi
-[[ $JOBS -gt 1 ]] && ARGS+=(-n "$JOBS")
-[[ -n "${CAMPAIGN_SELECT:-}" ]] && ARGS+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
+if [[ $STACK -gt 1 ]]; then  # `intraq campaign --stack K`: in this process, K cases' stage 2 stacked
+  CMD=("$PY" -m intraq.cli campaign --stack "$STACK")
+  for o in ${CAMPAIGN_SELECT:-}; do CMD+=(--only "$o"); done  # cell names (table-key) or case hashes
+else  # pytest bench, one case at a time (CAMPAIGN_JOBS side by side)
+  CMD=("$PY" -m pytest -q -p no:cacheprovider bench/test_tables.py)
+  [[ $JOBS -gt 1 ]] && ARGS+=(-n "$JOBS")
+  [[ -n "${CAMPAIGN_SELECT:-}" ]] && ARGS+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
+fi
 DEADLINE=$((LIMIT - SECONDS - 60))
 MARK="$(mktemp)"  # records newer than this are the ones this call made
 rc=0
@@ -57,9 +68,8 @@ if [[ $DEADLINE -lt 30 ]]; then
   echo "campaign: no time left (${DEADLINE}s)" > "$OUT/summary.txt"; rc=1
 else
   # pytest's deadline starts no case that would not fit; the timeout is the net under a wrong estimate
-  timeout --signal=INT --kill-after=20 $((DEADLINE + 30)) "$PY" -m pytest -q -p no:cacheprovider \
-    bench/test_tables.py --profile "$PROFILE" --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${DEADLINE}s" \
-    "${ARGS[@]}" > "$OUT/campaign.log" 2>&1 || rc=$?
+  timeout --signal=INT --kill-after=20 $((DEADLINE + 30)) "${CMD[@]}" --profile "$PROFILE" \
+    --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${DEADLINE}s" "${ARGS[@]}" > "$OUT/campaign.log" 2>&1 || rc=$?
   tail -n 3 "$OUT/campaign.log"
   NEW=()
   while IFS= read -r f; do NEW+=("$f"); done < <(cd "$RESULTS" && find "$PROFILE" -type f -newer "$MARK" \
@@ -68,7 +78,7 @@ else
     tar czf "$OUT/campaign.tar.gz" -C "$RESULTS" "${NEW[@]}" || rc=1
   fi
   {
-    echo "campaign $PROFILE: pytest rc=$rc, ${#NEW[@]} files new in $RESULTS/$PROFILE"
+    echo "campaign $PROFILE: rc=$rc (stack $STACK), ${#NEW[@]} files new in $RESULTS/$PROFILE"
     "$PY" - "$RESULTS" "${NEW[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -79,7 +89,10 @@ for name in sys.argv[2:]:
     try:
         record = json.loads((root / name).read_text())
         path = record.get("finetune_path", "?")
-        path = f"fast path, capture {path['fast'].get('capture')}" if isinstance(path, dict) else f"{path} path"
+        if isinstance(path, dict):
+            path = f"fast path, capture {path['fast'].get('capture')}, {path['fast'].get('stacked_runs')} stacked"
+        else:
+            path = f"{path} path"
         print(f"  {name}: {record['method']}, best epoch {record['accuracy'].get('best_epoch')}, "
               f"{record['seconds']['total']:.0f} s, stage 2 on the {path}")
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -138,26 +138,8 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
         raise UserInputError(f"--jobs-per-gpu {options.jobs_per_gpu} must be at least 1")
     check_results_version(settings.results, settings.profile)
     on_gpu = settings.device != "cpu" and bool(options.gpus_per_job or options.slurm_gres)
-    planned = plan_cases(settings.profile, options.seeds, settings.results, settings.extra,
-                         settings.default_seconds, device_type="cuda" if on_gpu else "cpu")
-    if options.only:
-        known = {p.case for p in planned} | {c.name for p in planned for c in p.cells}
-        unknown = [o for o in options.only if o not in known]
-        if unknown:
-            raise UserInputError(f"--only {', '.join(unknown)}: no such cell or case hash at profile "
-                                 f"{settings.profile}; `intraq status --profile {settings.profile}` lists them")
-    todo, skipped = _select(planned, options)
-    report = CampaignReport(skipped=skipped)
-    if options.deadline is not None and todo and min(p.estimate for p in todo) > options.deadline:
-        shortest = min(todo, key=lambda p: p.estimate)
-        raise UserInputError(
-            f"--deadline of {options.deadline:.0f} s is shorter than every pending case (the shortest, "
-            f"{shortest.name}, is estimated at {shortest.estimate:.0f} s from {shortest.estimate_source}); "
-            "give a longer --deadline (or --default-case-seconds when the estimate is a default)")
-    for p, why in skipped:
-        say(f"not submitted: {p.name}: {why}")
+    todo, report = plan_selection(settings, options, "cuda" if on_gpu else "cpu", say)
     if not todo:
-        say(f"nothing to run at profile {settings.profile}: every selected case is done, running or failed")
         return report
     folder = Path(options.logs or artifacts_root(settings.artifacts) / "campaign" / settings.profile)
     executor = _executor(options, folder, settings)
@@ -200,6 +182,33 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
                 report.outcomes.append(o)
                 say(_line(o))
     return report
+
+
+def plan_selection(settings: CaseSettings, options: CampaignOptions, device_type: str,
+                   say: Callable[[str], None]) -> tuple[list[PlannedCase], CampaignReport]:
+    """The cases to run (claim order, `only`, `retry_failed`) and a report naming those left out; a deadline
+    shorter than every one of them is an error, before anything runs."""
+    planned = plan_cases(settings.profile, options.seeds, settings.results, settings.extra,
+                         settings.default_seconds, device_type=device_type)
+    if options.only:
+        known = {p.case for p in planned} | {c.name for p in planned for c in p.cells}
+        unknown = [o for o in options.only if o not in known]
+        if unknown:
+            raise UserInputError(f"--only {', '.join(unknown)}: no such cell or case hash at profile "
+                                 f"{settings.profile}; `intraq status --profile {settings.profile}` lists them")
+    todo, skipped = _select(planned, options)
+    report = CampaignReport(skipped=skipped)
+    if options.deadline is not None and todo and min(p.estimate for p in todo) > options.deadline:
+        shortest = min(todo, key=lambda p: p.estimate)
+        raise UserInputError(
+            f"--deadline of {options.deadline:.0f} s is shorter than every pending case (the shortest, "
+            f"{shortest.name}, is estimated at {shortest.estimate:.0f} s from {shortest.estimate_source}); "
+            "give a longer --deadline (or --default-case-seconds when the estimate is a default)")
+    for p, why in skipped:
+        say(f"not submitted: {p.name}: {why}")
+    if not todo:
+        say(f"nothing to run at profile {settings.profile}: every selected case is done, running or failed")
+    return todo, report
 
 
 def _wait(job, poll_seconds: float, ask_every: float = 60.0) -> None:  # noqa: ANN001 - a submitit job

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
     from intraq.config import RunConfig
     from intraq.data.base import DataSplits
+    from intraq.fast.finetune import FinetuneRun
+    from intraq.fast.settings import FastSettings
     from intraq.synthesis.base import SynthContext, SyntheticSet
     from intraq.teacher.load import Teacher
 
@@ -51,8 +54,29 @@ class ImageSetMethod(Method):
     def run(self, ctx: MethodContext) -> MethodOutcome:
         from intraq.finetune.augment import make_finetune_augment
         from intraq.finetune.trainer import finetune
+
+        job = self.prepare_stage2(ctx)
+        if job.fast is None:
+            run = job.run
+            result = finetune(
+                run.student, ctx.teacher.model, run.images, run.labels, ctx.test_accuracy, run.calibration,
+                make_finetune_augment(ctx.cfg.finetune), ctx.cfg.finetune, ctx.device, ctx.cfg.seed,
+                checkpoint_path=ctx.run_dir / REFERENCE_CHECKPOINT, progress=ctx.progress,
+            )
+        else:
+            from intraq.fast.finetune import finetune_fast
+
+            test_x, test_y = ctx.data.test.batch(slice(None))
+            (result,) = finetune_fast([job.run], ctx.teacher.model, test_x, test_y, ctx.device, job.fast,
+                                      ctx.progress, checkpoint_path=ctx.run_dir / FAST_CHECKPOINT)
+        return self.stage2_outcome(job, result)
+
+    def prepare_stage2(self, ctx: MethodContext) -> Stage2Job:
+        """Everything before stage 2: the image set (made or reused), the quantized student, its calibration
+        source. Stage 2 itself may then run alone (`run`) or stacked with other cases' (`intraq.stacking`)."""
+        from intraq.fast.finetune import FinetuneRun
         from intraq.image_sets import get_image_set, make_calibration_source
-        from intraq.quantize import describe_quantization, quantize_model
+        from intraq.quantize import quantize_model
 
         cfg, teacher = ctx.cfg, ctx.teacher
         fast = stage2_fast_settings(ctx)
@@ -63,33 +87,39 @@ class ImageSetMethod(Method):
         images = image_set.images
         student = quantize_model(teacher.model, cfg.quant).to(ctx.device)
         source = make_calibration_source(cfg, teacher.model, ctx.data, images, ctx.device)
-        if fast is None:
-            result = finetune(
-                student, teacher.model, images, image_set.labels, ctx.test_accuracy, source,
-                make_finetune_augment(cfg.finetune), cfg.finetune, ctx.device, cfg.seed,
-                checkpoint_path=ctx.run_dir / REFERENCE_CHECKPOINT, progress=ctx.progress,
-            )
-        else:
-            from intraq.fast.finetune import FinetuneRun, finetune_fast
+        run = FinetuneRun(student, images, image_set.labels, source, cfg.seed, cfg.finetune)
+        return Stage2Job(image_set.meta, generation_seconds, run, fast)
 
-            test_x, test_y = ctx.data.test.batch(slice(None))
-            (result,) = finetune_fast(
-                [FinetuneRun(student, images, image_set.labels, source, cfg.seed, cfg.finetune)], teacher.model,
-                test_x, test_y, ctx.device, fast, ctx.progress, checkpoint_path=ctx.run_dir / FAST_CHECKPOINT,
-            )
-        meta = {k: v for k, v in image_set.meta.items() if not _is_tensor(v)}
+    @staticmethod
+    def stage2_outcome(job: Stage2Job, result: Any) -> MethodOutcome:
+        """The case's outcome from its stage-2 result (the reference's `FinetuneResult` or a fast one)."""
+        from intraq.quantize import describe_quantization
+
+        fast = job.fast
+        meta = {k: v for k, v in job.image_meta.items() if not _is_tensor(v)}
         return MethodOutcome(
             after_calibration=result.acc_after_calibration, final_epoch=result.acc_final, best_epoch=result.acc_best,
             best_epoch_index=result.best_epoch, diverged_at_epoch=result.diverged_at_epoch,
-            exploded_at_epoch=result.exploded_at_epoch, seconds={"generation": generation_seconds, **result.seconds},
-            history=result.history,
+            exploded_at_epoch=result.exploded_at_epoch,
+            seconds={"generation": job.generation_seconds, **result.seconds}, history=result.history,
             extras={
-                "synthesis": meta, "quantization": describe_quantization(student),
+                "synthesis": meta, "quantization": describe_quantization(job.run.student),
                 "finetune_sittings": result.sittings,
                 **({"stage2_sharpness": result.sharpness} if result.sharpness else {}),
                 "finetune_path": "reference" if fast is None else {"fast": result.fast},
             },
         )
+
+
+@dataclass
+class Stage2Job:
+    """One case ready for stage 2: its image set's record fields, generation seconds, the stage-2 run (student,
+    images, calibration source, seed, config) and the fast settings it runs on (None: the reference trainer)."""
+
+    image_meta: dict[str, Any]
+    generation_seconds: float
+    run: FinetuneRun
+    fast: FastSettings | None
 
 
 REFERENCE_CHECKPOINT, FAST_CHECKPOINT = "finetune.pt", "finetune-fast.pt"  # in the case's run folder

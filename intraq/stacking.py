@@ -1,0 +1,119 @@
+"""Several cases' stage 2 stepped together on one device: a ResNet-20 at batch 256 leaves a GPU mostly idle (2% of
+an H200's peak for one official run, issue 12), so K cases that share the network and the stage-2 step shape
+run their KD fine-tuning as one vmap over K stacked students (`intraq.fast.finetune.finetune_fast`).
+
+Each case opens as it would alone (`pipeline.open_case`: a stored record is reused, other data or another teacher
+refused), makes its image set and student (`ImageSetMethod.prepare_stage2`, one case after the other, so each
+draws what it draws alone); then stage 2 runs for all; then each record is written as alone (`close_case`),
+its `finetune_path` saying `stacked_runs`. A stacked run equals the run alone up to float reordering
+(tests/test_stacking.py). The group's stage-2 checkpoint lives in `<artifacts>/runs/stack-<hash of its cases>/`:
+the same group resumes it; a case's own interrupted stage 2 keeps the case out of any group (`stack_groups`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from intraq.artifacts import remove_artifact
+from intraq.config import RunConfig, config_hash, to_dict
+from intraq.errors import UserInputError
+from intraq.fast.finetune import SHARED_FIELDS
+from intraq.methods import get_method
+from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT, ImageSetMethod
+from intraq.pipeline import OpenCase, RunPaths, case_hash, close_case, open_case, teacher_identity
+from intraq.results import RunRecord
+
+
+def stack_key(cfg: RunConfig) -> str | None:
+    """Cases with one key can share a stage 2 (same data, teacher, quantization, image-set size and step shape);
+    None: the case's method has no stackable stage 2 (Qimera, SQuant)."""
+    method = get_method(cfg.synth.method)
+    if not isinstance(method, ImageSetMethod):
+        return None
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "cache_dir")}
+    return config_hash({"data": data, "teacher": to_dict(cfg.teacher), "quant": to_dict(cfg.quant),
+                        "images": cfg.synth.num_images,
+                        "finetune": {name: getattr(cfg.finetune, name) for name in SHARED_FIELDS}})
+
+
+def stack_groups(cfgs: Sequence[RunConfig], size: int, paths: RunPaths) -> list[list[RunConfig]]:
+    """`cfgs` in order, cut into groups of at most `size` stackable cases (a case joins the first open group of
+    its key); a case that cannot stack, or whose own stage-2 checkpoint waits in its run folder (it resumes
+    alone), is a group of one."""
+    if size < 1:
+        raise UserInputError(f"stack size {size} must be at least 1")
+    groups: list[list[RunConfig]] = []
+    open_groups: dict[str, list[RunConfig]] = {}
+    for cfg in cfgs:
+        key = stack_key(cfg)
+        run_dir = paths.artifacts / "runs" / f"{case_hash(cfg)}-seed{cfg.seed}"
+        if key is None or any((run_dir / name).exists() for name in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT)):
+            groups.append([cfg])
+            continue
+        group = open_groups.get(key)
+        if group is None or len(group) >= size:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(cfg)
+    return groups
+
+
+def run_cases_stacked(
+    cfgs: Sequence[RunConfig], paths: RunPaths, device: torch.device, fast: str = "auto", progress: bool = True,
+    compile: bool = False,
+) -> list[RunRecord]:
+    """Run `cfgs` (one `stack_key`) with one stacked stage 2 on the fast path; their records, in order (stored
+    ones are reused and take no part). Stage 2 is the fast path's; image sets are made as each case's method
+    makes them (`fast` applies there too where the method has a fast generation)."""
+    if len({stack_key(cfg) for cfg in cfgs}) > 1 or any(stack_key(cfg) is None for cfg in cfgs):
+        raise UserInputError("run_cases_stacked: these cases cannot share a stage 2 (other data, teacher, "
+                             "quantization, image count or step shape, or a method without one); group them "
+                             "with stack_groups")
+    records: list[RunRecord | None] = []
+    cases: list[tuple[int, OpenCase]] = []
+    jobs = []
+    for cfg in cfgs:
+        opened = open_case(cfg, paths, device, progress, False, compile, fast)
+        if isinstance(opened, RunRecord):
+            records.append(opened)
+            continue
+        records.append(None)
+        job = opened.method.prepare_stage2(opened.ctx)  # one case after the other: its draws as alone
+        if job.fast is None:
+            raise UserInputError(f"case {opened.name}: stage 2 has no fast path here (see the message above), so "
+                                 "it cannot be stacked; run it alone")
+        cases.append((len(records) - 1, opened))
+        jobs.append(job)
+    if cases:
+        for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
+                                      strict=True):
+            records[index] = record
+    return [r for r in records if r is not None]
+
+
+def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device: torch.device,
+                     progress: bool) -> list[RunRecord]:
+    from intraq.fast.finetune import finetune_fast
+
+    first = cases[0].ctx
+    ids = {teacher_identity(c.ctx.teacher.info) for c in cases}
+    if len(ids) > 1:
+        raise UserInputError(f"the stacked cases load different teachers ({', '.join(map(str, ids))}): one stage 2 "
+                             "runs one teacher; run them in separate groups")
+    group = config_hash(sorted(f"{c.name}-seed{c.cfg.seed}" for c in cases))
+    folder = paths.artifacts / "runs" / f"stack-{group}"
+    # As finetune_fast prepares the teacher it is given: a run alone is calibrated through that same teacher
+    # object (its calibration source holds it), so each case's own teacher gets the same treatment here
+    fast = jobs[0].fast
+    layout = torch.channels_last if fast.channels_last else torch.contiguous_format
+    for case in cases:
+        case.ctx.teacher.model.eval().requires_grad_(False).to(device=device, memory_format=layout)
+    test_x, test_y = first.data.test.batch(slice(None))
+    results = finetune_fast([job.run for job in jobs], first.teacher.model, test_x, test_y, device, fast, progress,
+                            checkpoint_path=folder / FAST_CHECKPOINT)
+    records = [close_case(case, case.method.stage2_outcome(job, result))
+               for case, job, result in zip(cases, jobs, results, strict=True)]
+    remove_artifact(folder / FAST_CHECKPOINT)
+    return records
