@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -10,6 +12,17 @@ import torch
 def _one_thread():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_raises():
+    """The interrupt tests send themselves SIGINT and expect KeyboardInterrupt; a runner started in the background
+    (`nohup`, `cmd &` in a script) starts Python with SIGINT ignored, which would let those signals vanish."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

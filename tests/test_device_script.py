@@ -101,27 +101,29 @@ def test_check_script_runs_only_the_steps_named(tmp_path):
 
 def test_session_script_packs_every_part_and_reports_failures(tmp_path):
     # every python step fails at once: the session still runs each part, packs them and exits 1
-    env = {**os.environ, "PYTHON": "false"}
+    env = {**os.environ, "PYTHON": "false", "SESSION_MEASURE_SECONDS": "30"}
     proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "300"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["session.tar.gz", "summary.txt"]
     summary = (tmp_path / "summary.txt").read_text()
-    assert "== check-timed\nenv failed" in summary and "throughput failed" in summary
-    assert "== check\nequality failed" in summary and "pipeline failed" in summary
-    assert "== teacher\nteacher failed" in summary and summary.rstrip().endswith("of 300s")
+    assert "== check-env\nenv failed" in summary and "== check\nequality failed" in summary
+    assert "== campaign\ncampaign smoke: rc=1" in summary and "== check-timed\nthroughput failed" in summary
+    assert summary.rstrip().endswith("of 300s")
     with tarfile.open(tmp_path / "session.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"./check-timed/summary.txt", "./check/summary.txt", "./teacher/summary.txt"} <= names
+    assert {"./check-env/summary.txt", "./check/summary.txt", "./campaign/summary.txt",
+            "./check-timed/summary.txt"} <= names
 
 
 def test_session_script_leaves_the_untimed_parts_out_when_time_is_short(tmp_path):
     env = {**os.environ, "PYTHON": "false"}
-    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "90"],
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "120"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     summary = (tmp_path / "summary.txt").read_text()
-    assert "no time left for the teacher" in summary and "== teacher\n(no summary" in summary
+    assert "no time left for the campaign" in summary and "== campaign\n(no summary" in summary
+    assert "check-timed" not in summary  # no measurement asked for
 
 
 def test_teacher_script_leaves_a_committed_teacher_alone(tmp_path):

@@ -7,7 +7,7 @@
 # Runs the table cells of CAMPAIGN_PROFILE (default cifar10-lr1e-5; CAMPAIGN_SEEDS, default 3) in claim order
 # through `pytest bench/test_tables.py` on the fast path (the runner every campaign uses; pytest-xdist with
 # CAMPAIGN_JOBS > 1 runs that many cases side by side on the GPU), starting no case whose estimated duration
-# ends after SECONDS less a minute for packing. The estimate comes from the profile's GPU records, else
+# ends after SECONDS less 40 s for packing. The estimate comes from the profile's GPU records, else
 # CAMPAIGN_CASE_SECONDS (default 420: an official cifar10 run took 388 s on an H200, tenth session). A case
 # never half-returns: the ones that finish are written to results/<profile>/ on the device (as `--publish`
 # does here) and packed, with their cell files, into OUTDIR/campaign.tar.gz; unpack it in the repository root
@@ -61,14 +61,14 @@ else  # pytest bench, one case at a time (CAMPAIGN_JOBS side by side)
   [[ $JOBS -gt 1 ]] && ARGS+=(-n "$JOBS")
   [[ -n "${CAMPAIGN_SELECT:-}" ]] && ARGS+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
 fi
-DEADLINE=$((LIMIT - SECONDS - 60))
+DEADLINE=$((LIMIT - SECONDS - 40))  # the timeout below, then half a minute to pack
 MARK="$(mktemp)"  # records newer than this are the ones this call made
 rc=0
 if [[ $DEADLINE -lt 30 ]]; then
   echo "campaign: no time left (${DEADLINE}s)" > "$OUT/summary.txt"; rc=1
 else
   # pytest's deadline starts no case that would not fit; the timeout is the net under a wrong estimate
-  timeout --signal=INT --kill-after=20 $((DEADLINE + 30)) "${CMD[@]}" --profile "$PROFILE" \
+  timeout --signal=INT --kill-after=10 $((DEADLINE + 10)) "${CMD[@]}" --profile "$PROFILE" \
     --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${DEADLINE}s" "${ARGS[@]}" > "$OUT/campaign.log" 2>&1 || rc=$?
   tail -n 3 "$OUT/campaign.log"
   NEW=()

@@ -5,13 +5,17 @@
 #   bash bench/device/session.sh DATA OUTDIR [SECONDS]      # on the GPU machine, from the repository root
 #   bash bench/device/session.sh --dry-run OUTDIR [SECONDS]  # anywhere: the same steps, tiny, on the CPU
 #
-# 1. Alone on the GPU, since its timings need the GPU to themselves: check.sh's install, env and official_run
-#    steps (the GPU cost of one official cifar10 run, issue 12's key number: check-timed/<gpu>.json).
-# 2. Then side by side, since nothing of them is timed: the teacher (teacher.sh, DATA, until SECONDS after the
-#    start less a minute for packing; resumable, see there) and check.sh's equality and pipeline steps.
-# 3. OUTDIR/session.tar.gz holds every part's files (the device tool hands back 8 files at most: teacher/,
-#    check-timed/, check/), OUTDIR/summary.txt every part's summary.
-# Exit status: 0 when every part passed (a teacher stopped at its time limit with its state saved passes), else 1.
+# 1. check.sh's install and env steps.
+# 2. Side by side, since neither is a timing: grid cases (campaign.sh, DATA: the cases that finish are records,
+#    issues 14 and 17; CAMPAIGN_* as there) and check.sh's equality step (fast path = reference on this GPU; it
+#    vouches for the fast-path records beside it), until SECONDS less a minute for packing and less
+#    SESSION_MEASURE_SECONDS (default 0).
+# 3. With SESSION_MEASURE_SECONDS > 0, then alone on the GPU, since it is a timing: check.sh's official_run step
+#    (the GPU cost of one official cifar10 run at the concurrencies INTRAQ_BENCH_STACKED / _PROCESSES name,
+#    issue 12's key number: check-timed/<gpu>.json).
+# 4. OUTDIR/session.tar.gz holds every part's files (the device tool hands back 8 files at most: check/,
+#    campaign/ with its campaign.tar.gz of records, check-timed/), OUTDIR/summary.txt every part's summary.
+# Exit status: 0 when every part passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
 DRY=0
@@ -19,51 +23,58 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 if [[ $DRY -eq 1 && ( $# -eq 1 || $# -eq 2 ) ]]; then
   DATA=""; OUT="$1"; LIMIT="${2:-600}"
 elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
-  DATA="$1"; OUT="$2"; LIMIT="${3:-540}"
+  DATA="$1"; OUT="$2"; LIMIT="${3:-570}"
 else
   echo "usage: bash bench/device/session.sh DATA OUTDIR [SECONDS]  |  bash bench/device/session.sh --dry-run OUTDIR [SECONDS]" >&2
   exit 2
 fi
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+if [[ -n "$DATA" && -e "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 DRYARG=(); [[ $DRY -eq 1 ]] && DRYARG=(--dry-run)
+MEASURE="${SESSION_MEASURE_SECONDS:-0}"
 STATUS=0
 
-# 1. timed, alone (in a dry run the CPU's "throughput" step stands in: the official run is measured on CUDA only)
-TIMED="install,env,official_run"; [[ $DRY -eq 1 ]] && TIMED="install,env,throughput"
-CHECK_STEPS="$TIMED" bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check-timed" || STATUS=1
+# 1. install (wheels carried in .whl/, if any) and the environment record
+CHECK_STEPS="install,env" bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check-env" || STATUS=1
+[[ -d /tmp/site ]] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 
-# 2. untimed, side by side, until the deadline less a minute for packing
-LEFT=$((LIMIT - SECONDS - 60))
-if [[ $LEFT -lt 60 ]]; then
-  echo "no time left for the teacher and the equality check (${LEFT}s)" > "$WORK/late.txt"; STATUS=1
+# 2. the campaign beside the equality check, until the deadline less packing and the measurement's reserve
+LEFT=$((LIMIT - SECONDS - 60 - MEASURE))
+if [[ $LEFT -lt 90 ]]; then
+  echo "no time left for the campaign and the equality check (${LEFT}s)" > "$WORK/late.txt"; STATUS=1
 else
-  # the equality step's limit leaves the pipeline step its 90 s and both their 10 s kill-afters; under 60 s for
-  # equality, the pipeline step alone (installed wheels, if any, are in /tmp/site from the timed part already)
-  EQ=$((LEFT - 120)); STEPS=equality,pipeline; [[ $EQ -lt 60 ]] && STEPS=pipeline
-  CHECK_STEPS=$STEPS EQUALITY_SECONDS=$EQ timeout --kill-after=10 "$LEFT" \
+  EQ=$(( LEFT < 180 ? LEFT - 20 : 160 ))  # its checks at 300 steps; those finished are kept
+  CHECK_STEPS=equality EQUALITY_SECONDS=$EQ timeout --kill-after=10 "$LEFT" \
     bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check" > "$WORK/check.out" 2>&1 &
   CHECK_PID=$!
   if [[ $DRY -eq 1 ]]; then
-    TEACHER_SECONDS="$LEFT" bash "$HERE/teacher.sh" --dry-run "$WORK/teacher" || STATUS=1
+    bash "$HERE/campaign.sh" --dry-run "$WORK/campaign" "$LEFT" || STATUS=1
   else
-    bash "$HERE/teacher.sh" "$DATA" "$WORK/teacher" "$((LEFT - 60))" || STATUS=1  # less its 60 s kill-after
+    bash "$HERE/campaign.sh" "$DATA" "$WORK/campaign" "$LEFT" || STATUS=1
   fi
   wait "$CHECK_PID" || STATUS=1
 fi
 
-# 3. pack
+# 3. the timed measurement, alone on the GPU (in a dry run the CPU's "throughput" step stands in)
+if [[ $MEASURE -gt 0 ]]; then
+  TIMED="official_run"; [[ $DRY -eq 1 ]] && TIMED="throughput"
+  CHECK_STEPS="$TIMED" bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check-timed" || STATUS=1
+fi
+
+# 4. pack
 {
-  for part in check-timed check teacher; do
+  for part in check-env check campaign check-timed; do
+    [[ $part == check-timed && $MEASURE -eq 0 ]] && continue
     echo "== $part"
     cat "$WORK/$part/summary.txt" 2>/dev/null || echo "(no summary: see its log in session.tar.gz)"
   done
   [[ -f "$WORK/late.txt" ]] && cat "$WORK/late.txt"
   echo "== session $([[ $STATUS -eq 0 ]] && echo ok || echo failed) ${SECONDS}s of ${LIMIT}s"
 } > "$OUT/summary.txt"
-tar czf "$OUT/session.tar.gz" -C "$WORK" . || STATUS=1
+tar czf "$OUT/session.tar.gz" --exclude='dry-run-artifacts' -C "$WORK" . || STATUS=1
 cat "$OUT/summary.txt"
 exit $STATUS
