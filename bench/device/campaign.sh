@@ -10,8 +10,8 @@
 # ends after SECONDS less 40 s for packing. The estimate comes from the profile's GPU records, else
 # CAMPAIGN_CASE_SECONDS (default 420: an official cifar10 run took 388 s on an H200, tenth session). A case
 # never half-returns: the ones that finish are written to results/<profile>/ on the device (as `--publish`
-# does here) and packed, with their cell files, into OUTDIR/campaign.tar.gz; unpack it in the repository root
-# (`tar xzf campaign.tar.gz`). OUTDIR/summary.txt names each new record with its best-epoch top-1, and
+# does here) and packed, with their cell files, into OUTDIR/campaign.tar.gz (paths under results/: unpack it with
+# `tar xzf campaign.tar.gz -C results`). OUTDIR/summary.txt names each new record with its best-epoch top-1, and
 # OUTDIR/campaign.log holds pytest's output. DATA is the CIFAR-10 JPEG archive carried with the tree.
 # CAMPAIGN_SELECT (a pytest -k expression over the ids `<table>-<cell>-<case>-seed<N>`) narrows the cases.
 # CAMPAIGN_STACK=K (K > 1) runs them instead with `intraq campaign --stack K`: in one process, K cases that share
