@@ -118,7 +118,7 @@ def test_session_script_packs_every_part_and_reports_failures(tmp_path):
 
 def test_session_script_leaves_the_untimed_parts_out_when_time_is_short(tmp_path):
     env = {**os.environ, "PYTHON": "false"}
-    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "120"],
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/session.sh"), "--dry-run", str(tmp_path), "100"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     summary = (tmp_path / "summary.txt").read_text()
