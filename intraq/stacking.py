@@ -13,6 +13,7 @@ the same group resumes it; a case's own interrupted stage 2 keeps the case out o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -73,24 +74,97 @@ def run_cases_stacked(
                              "with stack_groups")
     records: list[RunRecord | None] = []
     cases: list[tuple[int, OpenCase]] = []
-    jobs = []
     for cfg in cfgs:
         opened = open_case(cfg, paths, device, progress, False, compile, fast)
-        if isinstance(opened, RunRecord):
-            records.append(opened)
-            continue
-        records.append(None)
-        job = opened.method.prepare_stage2(opened.ctx)  # one case after the other: its draws as alone
+        records.append(opened if isinstance(opened, RunRecord) else None)
+        if isinstance(opened, OpenCase):
+            cases.append((len(records) - 1, opened))
+    if not cases:
+        return [r for r in records if r is not None]
+    _generate_together([c for _, c in cases], paths, progress)
+    jobs = []
+    for _, case in cases:
+        job = case.method.prepare_stage2(case.ctx)  # one case after the other: its draws as alone
         if job.fast is None:
-            raise UserInputError(f"case {opened.name}: stage 2 has no fast path here (see the message above), so "
+            raise UserInputError(f"case {case.name}: stage 2 has no fast path here (see the message above), so "
                                  "it cannot be stacked; run it alone")
-        cases.append((len(records) - 1, opened))
         jobs.append(job)
-    if cases:
-        for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
-                                      strict=True):
-            records[index] = record
+    for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
+                                  strict=True):
+        records[index] = record
     return [r for r in records if r is not None]
+
+
+def _generate_together(cases: list[OpenCase], paths: RunPaths, progress: bool) -> None:
+    """The IntraQ image sets of the group that have no batch yet, made together on the fast path: per batch index,
+    the teacher sees every case's batch at once and each case keeps its own losses, draws and MDC centres
+    (`intraq.fast.synthesis.StackedBatchOptimizer`, stacked = alone, tests/test_fast_synthesis.py). Each case's
+    batch files are the ones it would write alone, so `prepare_stage2` then finds them finished. A set with any
+    batch already (an interrupted one, or made on the reference path) goes on alone."""
+    from intraq.synthesis.base import SynthContext
+    from intraq.synthesis.intraq import cache_key, set_folder
+    from intraq.synthesis.settings import effective_synth_settings
+
+    by_settings: dict[str, list[tuple[OpenCase, Path]]] = {}
+    for case in cases:
+        ctx = case.ctx
+        if ctx.fast is None or case.cfg.synth.method != "intraq":
+            continue
+        settings = effective_synth_settings(case.cfg, ctx.data.name, "intraq")
+        synth_ctx = SynthContext(cfg=case.cfg, teacher=ctx.teacher.model, data=ctx.data, device=ctx.device,
+                                 work_dir=paths.artifacts / "synthesis")
+        folder = set_folder(synth_ctx.work_dir, "intraq", cache_key(synth_ctx, "intraq", settings), settings.lor)
+        if folder.exists() and any(folder.iterdir()):
+            continue
+        same = config_hash({"settings": settings.to_dict(), "synth": {**to_dict(case.cfg.synth), "seed": None}})
+        by_settings.setdefault(same, []).append((case, folder))
+    for group in by_settings.values():
+        if len(group) > 1:
+            _make_sets(group, progress)
+
+
+def _make_sets(group: list[tuple[OpenCase, Path]], progress: bool) -> None:
+    from tqdm import tqdm
+
+    from intraq.fast.synthesis import StackedBatchOptimizer, centers_for, draw_batch
+    from intraq.synthesis.batches import batch_path, batch_seed, frozen, save_batch
+    from intraq.synthesis.centers import ClassCenters
+    from intraq.synthesis.settings import effective_synth_settings
+
+    first = group[0][0]
+    cfg, ctx = first.cfg, first.ctx
+    settings = effective_synth_settings(cfg, ctx.data.name, "intraq")
+    teacher, device, fast, data = ctx.teacher.model, ctx.device, ctx.fast, ctx.data
+    teacher.to(memory_format=torch.channels_last)  # as `generate` puts it (SynthContext.channels_last)
+    shape = (data.channels, data.image_size, data.image_size)
+    n, bsz = cfg.synth.num_images, cfg.synth.batch_size
+    sizes = [min(bsz, n - k * bsz) for k in range((n + bsz - 1) // bsz)]
+    seeds = [case.cfg.seed for case, _ in group]
+    centers = [ClassCenters(data.num_classes) if settings.mdc else None for _ in group]
+    optimizers: dict[int, StackedBatchOptimizer] = {}
+    bar = tqdm(total=len(sizes) * settings.iterations, desc=f"intraq synthesis x{len(group)} (fast, stacked)",
+               disable=not progress)
+    try:
+        with frozen(teacher):
+            for k, size in enumerate(sizes):
+                if size not in optimizers:
+                    optimizers[size] = StackedBatchOptimizer(teacher, settings, len(group), size, shape, device,
+                                                             fast)
+                draws = [draw_batch(seed, k, size, shape[0], shape[1], data.num_classes, settings) for seed in seeds]
+                pairs = [centers_for(c, d.labels, device) for c, d in zip(centers, draws, strict=True)]
+                with fast.numeric_applied():  # as FastBatchMaker scopes them
+                    results = optimizers[size].optimize(draws, pairs, on_iteration=bar.update)
+                for (_, folder), seed, d, c, (images, record) in zip(group, seeds, draws, centers, results,
+                                                                     strict=True):
+                    record.update(batch=k, size=size, seed=batch_seed(seed, k))
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_batch(batch_path(folder, k, size), images, d.labels, record)
+                    if c is not None and k < len(sizes) - 1:
+                        c.add_images(teacher, images.to(device), d.labels)
+    finally:
+        for optimizer in optimizers.values():
+            optimizer.close()
+        bar.close()
 
 
 def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device: torch.device,

@@ -119,3 +119,31 @@ def test_stacked_campaign_leaves_what_misses_the_deadline_pending_and_refuses_sl
                                   said.append)
     assert [o["state"] for o in report.outcomes] == ["done"]
     assert main(["campaign", "--profile", "smoke", "--stack", "2", "--executor", "slurm"]) == 2
+
+
+def test_a_group_makes_its_intraq_sets_together_as_each_would_alone(tmp_path, cases):
+    import torch
+
+    from intraq.artifacts import load_torch
+
+    cpu = torch.device("cpu")
+    intraq = cases[:2]  # seeds 0 and 1 of one IntraQ cell: one synthesis setting
+    alone = [run_case_record(cfg, RunPaths(tmp_path / "a1", tmp_path / "r1"), cpu, progress=False, fast="none")
+             for cfg in intraq]
+    together = run_cases_stacked(intraq, RunPaths(tmp_path / "a2", tmp_path / "r2"), cpu, fast="none",
+                                 progress=False)
+    assert len(list((tmp_path / "a2" / "synthesis").glob("*/batch*.pt"))) == 4  # 2 seeds x 2 batches of 32
+    for one, both in zip(alone, together, strict=True):
+        assert both.extras["synthesis"]["reused_batches"] == 2  # made by the group, found by the case
+        for a, b in zip(one.extras["synthesis"]["batches"], both.extras["synthesis"]["batches"], strict=True):
+            assert b["stacked_runs"] == 2 and a["stacked_runs"] == 1
+            assert b["final_total"] == pytest.approx(a["final_total"], rel=1e-4)
+        for a, b in zip(one.history, both.history, strict=True):
+            if "loss" in a:
+                assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    for a_path in sorted((tmp_path / "a1" / "synthesis").glob("*/batch*.pt")):
+        b_path = tmp_path / "a2" / "synthesis" / a_path.parent.name / a_path.name
+        a, b = load_torch(a_path), load_torch(b_path)
+        assert torch.equal(a["labels"], b["labels"])
+        diff = (a["images"] - b["images"]).abs()
+        assert float(diff.max()) < 5e-2 and float(diff.mean()) < 1e-4  # float rounding, a few flat pixels aside
