@@ -178,3 +178,18 @@ def test_campaign_script_needs_data_and_time(tmp_path):
     short = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path), "60"],
                            env=env, capture_output=True, text=True, timeout=30)
     assert short.returncode == 1 and "no time left" in (tmp_path / "summary.txt").read_text()
+
+
+def test_campaign_script_falls_back_to_one_case_at_a_time_when_stacking_fails(tmp_path):
+    # a python that fails `intraq campaign` (as an untried stacking might on a new device) and runs the rest
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\n[[ " $* " == *" campaign "* ]] && exit 1\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "OMP_NUM_THREADS": "1", "CAMPAIGN_SEEDS": "1",
+           "CAMPAIGN_SELECT": "comparison-real", "CAMPAIGN_STACK": "2"}
+    proc = subprocess.run(["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path / "out"),
+                           "240"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "stacked campaign failed (rc=1); one case at a time" in summary
+    assert "real, best epoch" in summary and "1 stacked" in summary

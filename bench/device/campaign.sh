@@ -16,6 +16,7 @@
 # CAMPAIGN_SELECT (a pytest -k expression over the ids `<table>-<cell>-<case>-seed<N>`) narrows the cases.
 # CAMPAIGN_STACK=K (K > 1) runs them instead with `intraq campaign --stack K`: in one process, K cases that share
 # a stage 2 at a time, their KD fine-tuning stacked (vmap); CAMPAIGN_SELECT then lists cell names (table-key).
+# Should the stacked run fail, the time left runs one case at a time (fallback.txt, campaign-fallback.log).
 # Exit status: 0 when the runner passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
@@ -53,13 +54,17 @@ else
   ARGS=(--device cuda --fast auto --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-420}" --publish
         --data-root "$DATA")
 fi
+# pytest bench, one case at a time (CAMPAIGN_JOBS side by side); with CAMPAIGN_STACK it is the fallback
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider bench/test_tables.py)
+[[ $JOBS -gt 1 ]] && PYTEST+=(-n "$JOBS")
 if [[ $STACK -gt 1 ]]; then  # `intraq campaign --stack K`: in this process, K cases' stage 2 stacked
   CMD=("$PY" -m intraq.cli campaign --stack "$STACK")
   for o in ${CAMPAIGN_SELECT:-}; do CMD+=(--only "$o"); done  # cell names (table-key) or case hashes
-else  # pytest bench, one case at a time (CAMPAIGN_JOBS side by side)
-  CMD=("$PY" -m pytest -q -p no:cacheprovider bench/test_tables.py)
-  [[ $JOBS -gt 1 ]] && ARGS+=(-n "$JOBS")
-  [[ -n "${CAMPAIGN_SELECT:-}" ]] && ARGS+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
+  SELECT=""; for o in ${CAMPAIGN_SELECT:-}; do SELECT="${SELECT:+$SELECT or }$o"; done
+  [[ -n "$SELECT" ]] && PYTEST+=(-k "$SELECT")
+else
+  CMD=("${PYTEST[@]}")
+  [[ -n "${CAMPAIGN_SELECT:-}" ]] && CMD+=(-k "$CAMPAIGN_SELECT")  # a pytest -k expression over the case ids
 fi
 DEADLINE=$((LIMIT - SECONDS - 40))  # the timeout below, then half a minute to pack
 MARK="$(mktemp)"  # records newer than this are the ones this call made
@@ -71,6 +76,18 @@ else
   timeout --signal=INT --kill-after=10 $((DEADLINE + 10)) "${CMD[@]}" --profile "$PROFILE" \
     --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${DEADLINE}s" "${ARGS[@]}" > "$OUT/campaign.log" 2>&1 || rc=$?
   tail -n 3 "$OUT/campaign.log"
+  REMAIN=$((LIMIT - SECONDS - 40))
+  if [[ $STACK -gt 1 && $rc -ne 0 && $REMAIN -ge 60 ]]; then
+    # the stacked run failed (stacking untried on this device?): the rest of the time one case at a time; the
+    # image sets it made are reused, so the first case is tried whatever its estimate (a case cut short by the
+    # timeout costs only the time, which is left over anyway)
+    echo "stacked campaign failed (rc=$rc); one case at a time for the remaining ${REMAIN}s" > "$OUT/fallback.txt"
+    rc=0
+    timeout --signal=INT --kill-after=10 $((REMAIN + 10)) "${PYTEST[@]}" --profile "$PROFILE" \
+      --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${REMAIN}s" "${ARGS[@]}" --default-case-seconds $((REMAIN - 5)) \
+      > "$OUT/campaign-fallback.log" 2>&1 || rc=$?
+    tail -n 3 "$OUT/campaign-fallback.log"
+  fi
   NEW=()
   while IFS= read -r f; do NEW+=("$f"); done < <(cd "$RESULTS" && find "$PROFILE" -type f -newer "$MARK" \
     -not -path "*/.campaign/*" | sort)
@@ -79,6 +96,7 @@ else
   fi
   {
     echo "campaign $PROFILE: rc=$rc (stack $STACK), ${#NEW[@]} files new in $RESULTS/$PROFILE"
+    cat "$OUT/fallback.txt" 2>/dev/null
     "$PY" - "$RESULTS" "${NEW[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
