@@ -81,6 +81,10 @@ def run_cases_stacked(
             cases.append((len(records) - 1, opened))
     if not cases:
         return [r for r in records if r is not None]
+    ids = {teacher_identity(c.ctx.teacher.info) for _, c in cases}
+    if len(ids) > 1:  # before any image is made with one case's teacher for another
+        raise UserInputError(f"the stacked cases load different teachers ({', '.join(map(str, ids))}): one stage 2 "
+                             "runs one teacher; run them in separate groups")
     _generate_together([c for _, c in cases], paths, progress)
     jobs = []
     for _, case in cases:
@@ -172,11 +176,9 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
     from intraq.fast.finetune import finetune_fast
 
     first = cases[0].ctx
-    ids = {teacher_identity(c.ctx.teacher.info) for c in cases}
-    if len(ids) > 1:
-        raise UserInputError(f"the stacked cases load different teachers ({', '.join(map(str, ids))}): one stage 2 "
-                             "runs one teacher; run them in separate groups")
-    group = config_hash(sorted(f"{c.name}-seed{c.cfg.seed}" for c in cases))
+    # named by the members in their order: a checkpoint holds one state per run in that order (and checks seeds
+    # only), so a group of the same cases in another order must not find it
+    group = config_hash([f"{c.name}-seed{c.cfg.seed}" for c in cases])
     folder = paths.artifacts / "runs" / f"stack-{group}"
     # As finetune_fast prepares the teacher it is given: a run alone is calibrated through that same teacher
     # object (its calibration source holds it), so each case's own teacher gets the same treatment here

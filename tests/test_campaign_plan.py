@@ -119,3 +119,11 @@ def test_status_shows_done_running_pending_and_failed(tmp_path):
     assert "RuntimeError: out of memory" in text and "--retry-failed" in text
     assert "compute spent: 0.5 min" in text and "estimated compute left" in text
     assert {p.case: p.state for p in plan_cases("smoke", 1, tmp_path)}[real.case] == PENDING
+
+
+def test_a_stacked_record_counts_its_share_of_the_group_time(tmp_path):
+    path = _record(tmp_path, "aaa", 0, 600.0, device="cuda")
+    record = json.loads(path.read_text())
+    record["finetune_path"] = {"fast": {"stacked_runs": 3, "capture": "cudagraph"}}
+    path.write_text(json.dumps(record))
+    assert Durations.from_records(tmp_path, "smoke", device_type="cuda").estimate("aaa", "intraq")[0] == 200.0

@@ -60,7 +60,7 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider bench/test_tables.py)
 if [[ $STACK -gt 1 ]]; then  # `intraq campaign --stack K`: in this process, K cases' stage 2 stacked
   CMD=("$PY" -m intraq.cli campaign --stack "$STACK")
   for o in ${CAMPAIGN_SELECT:-}; do CMD+=(--only "$o"); done  # cell names (table-key) or case hashes
-  SELECT=""; for o in ${CAMPAIGN_SELECT:-}; do SELECT="${SELECT:+$SELECT or }$o"; done
+  SELECT=""; for o in ${CAMPAIGN_SELECT:-}; do SELECT="${SELECT:+$SELECT or }$o-"; done  # "x-": not x_w3a3
   [[ -n "$SELECT" ]] && PYTEST+=(-k "$SELECT")
 else
   CMD=("${PYTEST[@]}")
@@ -84,7 +84,7 @@ else
     echo "stacked campaign failed (rc=$rc); one case at a time for the remaining ${REMAIN}s" > "$OUT/fallback.txt"
     rc=0
     timeout --signal=INT --kill-after=10 $((REMAIN + 10)) "${PYTEST[@]}" --profile "$PROFILE" \
-      --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${REMAIN}s" "${ARGS[@]}" --default-case-seconds $((REMAIN - 5)) \
+      --seeds "${CAMPAIGN_SEEDS:-3}" --deadline "${REMAIN}s" "${ARGS[@]}" --default-case-seconds 1 \
       > "$OUT/campaign-fallback.log" 2>&1 || rc=$?
     tail -n 3 "$OUT/campaign-fallback.log"
   fi

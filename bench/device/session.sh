@@ -62,7 +62,8 @@ fi
 # 3. the timed measurement, alone on the GPU (in a dry run the CPU's "throughput" step stands in)
 if [[ $MEASURE -gt 0 ]]; then
   TIMED="official_run"; [[ $DRY -eq 1 ]] && TIMED="throughput"
-  CHECK_STEPS="$TIMED" bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check-timed" || STATUS=1
+  CHECK_STEPS="$TIMED" timeout --kill-after=5 "$MEASURE" bash "$HERE/check.sh" "${DRYARG[@]}" "$WORK/check-timed" \
+    || STATUS=1
 fi
 
 # 4. pack

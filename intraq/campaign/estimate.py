@@ -44,6 +44,14 @@ def record_device_type(record: dict) -> str:
     return device.split(":", 1)[0]
 
 
+def stacked_runs(record: dict) -> int:
+    """How many cases shared the record's stage 2 (`intraq campaign --stack`); its time is the group's, so a
+    case's share of it is that time over this number."""
+    path = record.get("finetune_path")
+    fast = path.get("fast") if isinstance(path, dict) else None
+    return max(1, int((fast or {}).get("stacked_runs") or 1))
+
+
 @dataclass
 class Durations:
     """Compute seconds of the finished records of one profile, by case and by method. With `device_type`, only
@@ -63,7 +71,7 @@ class Durations:
         for path in sorted(folder.glob("*-seed*.json")) if folder.exists() else []:
             try:
                 record = json.loads(path.read_text())
-                seconds = float(record["seconds"]["total"])
+                seconds = float(record["seconds"]["total"]) / stacked_runs(record)
                 if device_type is not None and record_device_type(record) != device_type:
                     continue
             except (ValueError, KeyError, TypeError, OSError, AttributeError):

@@ -4,9 +4,9 @@ stage 2 at a time (`intraq.stacking`: their KD fine-tuning as one vmap over K st
 Why in-process: on a GPU, one ResNet-20 run uses about 2% of an H200 (issue 12); stacking fills it from one
 process, where K processes would share it by time slices. It needs no submitit, so it runs on a lent machine that
 has only torch. Each case holds its lock while its group runs (another campaign waits, then reuses), a group
-whose estimate (its slowest case's: a stacked record's time is the group's) would pass the deadline is not
-started, and a failed group keeps the error for each of its cases. Cell files are written afterwards exactly as
-`run_cell` writes them for a single case (it reuses the record).
+whose estimate (its cases' estimates summed; a stacked record counts its group's time over the group's size)
+would pass the deadline is not started, and a failed group keeps the error for each of its cases. Cell files
+are written afterwards exactly as `run_cell` writes them for a single case (it reuses the record).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from intraq.tables import cell_config
 def run_stacked_campaign(settings: CaseSettings, options: CampaignOptions, stack: int,
                          say: Callable[[str], None] = print, progress: bool = False) -> CampaignReport:
     """Run the selected pending cases `stack` at a time (see the module docstring); returns what happened."""
+    deadline_at = None if options.deadline is None else time.time() + options.deadline  # from the start
     check_results_version(settings.results, settings.profile)
     device = pick_device(settings.device)
     if settings.threads:
@@ -41,10 +42,11 @@ def run_stacked_campaign(settings: CaseSettings, options: CampaignOptions, stack
     paths = RunPaths.default(settings.artifacts, settings.results)
     cfgs = [cell_config(p.cells[0], settings.profile, p.seed, list(settings.extra)) for p in todo]
     planned_of = {id(cfg): p for cfg, p in zip(cfgs, todo, strict=True)}
-    deadline_at = None if options.deadline is None else time.time() + options.deadline
     for group in stack_groups(cfgs, stack, paths):
         members = [planned_of[id(cfg)] for cfg in group]
-        estimate = max(p.estimate for p in members)
+        # as if one after another: what stacking saves is not known before a device's stacked records exist,
+        # whose time counts as each case's share of its group's (`estimate.stacked_runs`)
+        estimate = sum(p.estimate for p in members)
         if deadline_at is not None and time.time() + estimate > deadline_at:
             for p in members:  # a later, shorter group may still fit
                 report.outcomes.append({"case": p.case, "seed": p.seed, "state": "pending",
