@@ -3,11 +3,13 @@ an H200's peak for one official run, issue 12), so K cases that share the networ
 run their KD fine-tuning as one vmap over K stacked students (`intraq.fast.finetune.finetune_fast`).
 
 Each case opens as it would alone (`pipeline.open_case`: a stored record is reused, other data or another teacher
-refused), makes its image set and student (`ImageSetMethod.prepare_stage2`, one case after the other, so each
-draws what it draws alone); then stage 2 runs for all; then each record is written as alone (`close_case`),
-its `finetune_path` saying `stacked_runs`. A stacked run equals the run alone up to float reordering
-(tests/test_stacking.py). The group's stage-2 checkpoint lives in `<artifacts>/runs/stack-<hash of its cases>/`:
-the same group resumes it; a case's own interrupted stage 2 keeps the case out of any group (`stack_groups`).
+refused); the group's fresh IntraQ sets of one setting (seeds of one cell) are made together, batch index by batch
+index (`_generate_together`); each case then makes (or finds) its image set and student
+(`ImageSetMethod.prepare_stage2`, one case after the other, so each draws what it draws alone); then stage 2 runs
+for all; then each record is written as alone (`close_case`), its `finetune_path` saying `stacked_runs`. A
+stacked run equals the run alone up to float reordering (tests/test_stacking.py). The group's stage-2 checkpoint
+lives in `<artifacts>/runs/stack-<hash of its cases in order>/`: the same group resumes it; a case's own
+interrupted stage 2 keeps the case out of any group (`stack_groups`).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def run_cases_stacked(
     compile: bool = False,
 ) -> list[RunRecord]:
     """Run `cfgs` (one `stack_key`) with one stacked stage 2 on the fast path; their records, in order (stored
-    ones are reused and take no part). Stage 2 is the fast path's; image sets are made as each case's method
-    makes them (`fast` applies there too where the method has a fast generation)."""
+    ones are reused and take no part). Stage 2 is the fast path's; fresh IntraQ sets of one setting are made
+    together on it, other sets as each case's method makes them (`fast` applies where it has a fast generation)."""
     if len({stack_key(cfg) for cfg in cfgs}) > 1 or any(stack_key(cfg) is None for cfg in cfgs):
         raise UserInputError("run_cases_stacked: these cases cannot share a stage 2 (other data, teacher, "
                              "quantization, image count or step shape, or a method without one); group them "
