@@ -14,6 +14,7 @@ interrupted stage 2 keeps the case out of any group (`stack_groups`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -191,7 +192,11 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
     test_x, test_y = first.data.test.batch(slice(None))
     results = finetune_fast([job.run for job in jobs], first.teacher.model, test_x, test_y, device, fast, progress,
                             checkpoint_path=folder / FAST_CHECKPOINT)
-    records = [close_case(case, case.method.stage2_outcome(job, result))
-               for case, job, result in zip(cases, jobs, results, strict=True)]
+    records = []
+    for case, job, result in zip(cases, jobs, results, strict=True):
+        outcome = case.method.stage2_outcome(job, result)
+        # the group's wall time so far (its first case opened first): a later case's own total is shorter
+        outcome.seconds["stack_group_total"] = time.perf_counter() - cases[0].t0
+        records.append(close_case(case, outcome))
     remove_artifact(folder / FAST_CHECKPOINT)
     return records

@@ -127,3 +127,6 @@ def test_a_stacked_record_counts_its_share_of_the_group_time(tmp_path):
     record["finetune_path"] = {"fast": {"stacked_runs": 3, "capture": "cudagraph"}}
     path.write_text(json.dumps(record))
     assert Durations.from_records(tmp_path, "smoke", device_type="cuda").estimate("aaa", "intraq")[0] == 200.0
+    record["seconds"]["stack_group_total"] = 900.0  # a later member's own total is shorter than its group's
+    path.write_text(json.dumps(record))
+    assert Durations.from_records(tmp_path, "smoke", device_type="cuda").estimate("aaa", "intraq")[0] == 300.0

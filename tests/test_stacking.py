@@ -33,6 +33,7 @@ def test_stacked_cases_equal_the_cases_alone(tmp_path, cases):
     assert [(r.case, r.seed) for r in stacked] == [(case_hash(c), c.seed) for c in cases]
     for one, many in zip(alone, stacked, strict=True):
         assert many.extras["finetune_path"]["fast"]["stacked_runs"] == 3
+        assert many.seconds["stack_group_total"] >= many.seconds["total"] - 0.1  # the group began first
         assert one.extras["finetune_path"]["fast"]["stacked_runs"] == 1
         assert [h["epoch"] for h in many.history] == [h["epoch"] for h in one.history]
         for a, b in zip(many.history, one.history, strict=True):

@@ -45,8 +45,8 @@ def record_device_type(record: dict) -> str:
 
 
 def stacked_runs(record: dict) -> int:
-    """How many cases shared the record's stage 2 (`intraq campaign --stack`); its time is the group's, so a
-    case's share of it is that time over this number."""
+    """How many cases shared the record's stage 2 (`intraq campaign --stack`): a case's share of its group's wall
+    time (`seconds.stack_group_total`) is that time over this number."""
     path = record.get("finetune_path")
     fast = path.get("fast") if isinstance(path, dict) else None
     return max(1, int((fast or {}).get("stacked_runs") or 1))
@@ -71,7 +71,8 @@ class Durations:
         for path in sorted(folder.glob("*-seed*.json")) if folder.exists() else []:
             try:
                 record = json.loads(path.read_text())
-                seconds = float(record["seconds"]["total"]) / stacked_runs(record)
+                spent = record["seconds"]
+                seconds = float(spent.get("stack_group_total", spent["total"])) / stacked_runs(record)
                 if device_type is not None and record_device_type(record) != device_type:
                     continue
             except (ValueError, KeyError, TypeError, OSError, AttributeError):
