@@ -25,7 +25,7 @@ from intraq.config import RunConfig, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.fast.finetune import SHARED_FIELDS
 from intraq.methods import get_method
-from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT, ImageSetMethod
+from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT, ImageSetMethod, stage2_fast_settings
 from intraq.pipeline import OpenCase, RunPaths, case_hash, close_case, open_case, teacher_identity
 from intraq.results import RunRecord
 
@@ -84,6 +84,10 @@ def run_cases_stacked(
             cases.append((len(records) - 1, opened))
     if not cases:
         return [r for r in records if r is not None]
+    for _, case in cases:  # before any image is made: a stage 2 that cannot run on the fast path cannot stack
+        if stage2_fast_settings(case.ctx) is None:
+            raise UserInputError(f"case {case.name}: stage 2 has no fast path here (see the message above), so it "
+                                 "cannot be stacked; run it alone")
     ids = {teacher_identity(c.ctx.teacher.info) for _, c in cases}
     if len(ids) > 1:  # before any image is made with one case's teacher for another
         raise UserInputError(f"the stacked cases load different teachers ({', '.join(map(str, ids))}): one stage 2 "
@@ -91,11 +95,7 @@ def run_cases_stacked(
     _generate_together([c for _, c in cases], paths, progress)
     jobs = []
     for _, case in cases:
-        job = case.method.prepare_stage2(case.ctx)  # one case after the other: its draws as alone
-        if job.fast is None:
-            raise UserInputError(f"case {case.name}: stage 2 has no fast path here (see the message above), so "
-                                 "it cannot be stacked; run it alone")
-        jobs.append(job)
+        jobs.append(case.method.prepare_stage2(case.ctx))  # one case after the other: its draws as alone
     for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
                                   strict=True):
         records[index] = record
@@ -199,4 +199,6 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
         outcome.seconds["stack_group_total"] = time.perf_counter() - cases[0].t0
         records.append(close_case(case, outcome))
     remove_artifact(folder / FAST_CHECKPOINT)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     return records
