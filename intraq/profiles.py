@@ -5,6 +5,8 @@
 - `cifar10-cpu`: `cifar10` reduced to fit a 2-core CPU, stage-2 lr 10x lower; all in `CIFAR10_CPU_REDUCTIONS`.
 - `cifar10-lr1e-5`: `cifar10` with only the stage-2 lr 10x lower, under the measured stability bound of our
   teachers' students, where the official lr diverges in the first fine-tuning epoch (`CIFAR10_LR_DEVIATION`).
+  Not yet shown to train through stage 2: on a 256-image set it diverged at epoch 19 (the bound is measured once,
+  when calibration ends, and the sharpness grows; resume/README.md).
 - `imagenet`: ResNet-18 on ImageNet with the official ImageNet hyperparameters (GPU; data path from the user),
   except that MDC and SIL are on with the CIFAR-10 script's margins (`IMAGENET_MARGINS`, trap T1).
 - `imagenet-official-script`: `imagenet` as the official ImageNet script runs it: m_low 0, m_up 2, targetPro 1, which
