@@ -131,47 +131,26 @@ def _generate_together(cases: list[OpenCase], paths: RunPaths, progress: bool) -
 
 
 def _make_sets(group: list[tuple[OpenCase, Path]], progress: bool) -> None:
-    from tqdm import tqdm
-
-    from intraq.fast.synthesis import StackedBatchOptimizer, centers_for, draw_batch
-    from intraq.synthesis.batches import batch_path, batch_seed, frozen, save_batch
-    from intraq.synthesis.centers import ClassCenters
+    """`generate_stacked` for the group's seeds, each finished batch saved to its case's own set folder."""
+    from intraq.fast.synthesis import generate_stacked
+    from intraq.synthesis.batches import batch_path, frozen, save_batch
     from intraq.synthesis.settings import effective_synth_settings
 
     first = group[0][0]
     cfg, ctx = first.cfg, first.ctx
     settings = effective_synth_settings(cfg, ctx.data.name, "intraq")
-    teacher, device, fast, data = ctx.teacher.model, ctx.device, ctx.fast, ctx.data
+    teacher, data = ctx.teacher.model, ctx.data
     teacher.to(memory_format=torch.channels_last)  # as `generate` puts it (SynthContext.channels_last)
-    shape = (data.channels, data.image_size, data.image_size)
-    n, bsz = cfg.synth.num_images, cfg.synth.batch_size
-    sizes = [min(bsz, n - k * bsz) for k in range((n + bsz - 1) // bsz)]
-    seeds = [case.cfg.seed for case, _ in group]
-    centers = [ClassCenters(data.num_classes) if settings.mdc else None for _ in group]
-    optimizers: dict[int, StackedBatchOptimizer] = {}
-    bar = tqdm(total=len(sizes) * settings.iterations, desc=f"intraq synthesis x{len(group)} (fast, stacked)",
-               disable=not progress)
-    try:
-        with frozen(teacher):
-            for k, size in enumerate(sizes):
-                if size not in optimizers:
-                    optimizers[size] = StackedBatchOptimizer(teacher, settings, len(group), size, shape, device,
-                                                             fast)
-                draws = [draw_batch(seed, k, size, shape[0], shape[1], data.num_classes, settings) for seed in seeds]
-                pairs = [centers_for(c, d.labels, device) for c, d in zip(centers, draws, strict=True)]
-                with fast.numeric_applied():  # as FastBatchMaker scopes them
-                    results = optimizers[size].optimize(draws, pairs, on_iteration=bar.update)
-                for (_, folder), seed, d, c, (images, record) in zip(group, seeds, draws, centers, results,
-                                                                     strict=True):
-                    record.update(batch=k, size=size, seed=batch_seed(seed, k))
-                    folder.mkdir(parents=True, exist_ok=True)
-                    save_batch(batch_path(folder, k, size), images, d.labels, record)
-                    if c is not None and k < len(sizes) - 1:
-                        c.add_images(teacher, images.to(device), d.labels)
-    finally:
-        for optimizer in optimizers.values():
-            optimizer.close()
-        bar.close()
+
+    def save(run: int, k: int, images: torch.Tensor, labels: torch.Tensor, record: dict) -> None:
+        folder = group[run][1]
+        folder.mkdir(parents=True, exist_ok=True)
+        save_batch(batch_path(folder, k, len(labels)), images, labels, record)
+
+    with frozen(teacher):
+        generate_stacked(teacher, settings, [case.cfg.seed for case, _ in group], cfg.synth.num_images,
+                         (data.channels, data.image_size, data.image_size), data.num_classes, ctx.device, ctx.fast,
+                         progress, on_batch=save)
 
 
 def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device: torch.device,

@@ -284,11 +284,13 @@ class FastBatchMaker:
 def generate_stacked(
     teacher: nn.Module, settings: SynthSettings, seeds: list[int], num_images: int, shape: tuple[int, int, int],
     num_classes: int, device: torch.device, fast: FastSettings | None = None, progress: bool = False,
+    on_batch: Callable[[int, int, torch.Tensor, torch.Tensor, dict], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
     """R whole image sets (one per seed) made together: per run (images, labels, batch records).
 
     The same sets as the reference `generate` makes for each seed alone (its batch files and cache are the
-    pipeline's business; this makes the images)."""
+    pipeline's business; this makes the images). `on_batch(run, k, images, labels, record)` sees each finished
+    batch as it is made (`intraq.stacking` writes each case's batch file from it)."""
     fast = fast or FastSettings()
     bsz = settings.batch_size
     sizes = [min(bsz, num_images - k * bsz) for k in range((num_images + bsz - 1) // bsz)]
@@ -306,6 +308,8 @@ def generate_stacked(
                 results = optimizers[size].optimize(draws, pairs, on_iteration=bar.update)
             for i, ((images, record), d) in enumerate(zip(results, draws, strict=True)):
                 record.update(batch=k, size=size, seed=batch_seed(seeds[i], k))
+                if on_batch is not None:
+                    on_batch(i, k, images, d.labels, record)
                 out[i][0].append(images)
                 out[i][1].append(d.labels)
                 out[i][2].append(record)
