@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from intraq.campaign.plan import PlannedCase
-from intraq.campaign.run import CaseSettings, check_results_version, run_cell
+from intraq.campaign.run import CaseSettings, check_results_version, run_cell, run_job
 from intraq.campaign.state import case_lock, clear_failure, record_failure
 from intraq.campaign.submit import CampaignOptions, CampaignReport, plan_selection
 from intraq.device import pick_device
@@ -63,14 +63,9 @@ def run_stacked_campaign(settings: CaseSettings, options: CampaignOptions, stack
 def _run_group(group: list, members: list[PlannedCase], paths: RunPaths, settings: CaseSettings,
                device: torch.device, progress: bool) -> list[dict[str, Any]]:
     tic = time.perf_counter()
-    if len(members) == 1:  # alone (a method without a stage 2 to share, or nothing to share it with): as any run
+    if len(members) == 1:  # alone (a method without a stage 2 to share, or nothing to share it with): a campaign job
         p = members[0]
-        try:
-            outcomes = [run_cell(cell, p.seed, settings, device, progress=progress) for cell in p.cells]
-        except Exception as exc:  # noqa: BLE001 - run_cell kept it for `intraq status`; the campaign goes on
-            return [{"case": p.case, "seed": p.seed, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}]
-        return [{"case": p.case, "seed": p.seed, "state": "done", "reused": False,
-                 "seconds": time.perf_counter() - tic, "accuracy": outcomes[0].record["accuracy"].get("best_epoch")}]
+        return [run_job(p.case, p.seed, [c.name for c in p.cells], settings)]
     with ExitStack() as locks:
         for p in members:
             locks.enter_context(case_lock(settings.results, settings.profile, p.case, p.seed))
@@ -95,6 +90,8 @@ def _run_group(group: list, members: list[PlannedCase], paths: RunPaths, setting
 
 def _line(o: dict[str, Any], group_size: int) -> str:
     name = f"{o['case']}-seed{o['seed']}"
+    if o["state"] == "pending":  # a lone case's job that met the deadline after all
+        return f"pending: {name} ({o.get('reason', '')})"
     if o["state"] == "done":
         acc = f", best epoch {o['accuracy']:.2f}%" if o.get("accuracy") is not None else ""
         how = "alone" if group_size == 1 else f"in a group of {group_size}"
