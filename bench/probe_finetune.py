@@ -11,6 +11,11 @@ optimizer, augmentation and KD loss on random batches, and evaluates test top-1 
 With `--sharpness N` it first measures the KD loss's sharpness on one augmented batch of its own (N power
 iterations; the steps' batches are drawn as without it) and the lr bound of the case's SGD at that sharpness
 (`intraq.finetune.stability`), so the record holds the prediction beside what the steps then did.
+
+With `--state FILE` (a case's stage-2 checkpoint, `finetune.pt`) the student is that checkpoint's, after however
+many epochs it trained, instead of a freshly calibrated one: the same measurement along a run, to see whether the
+sharpness grows while it trains (the curve run of issue 17 diverged at lr 1e-5 although it began at 0.27 x the
+bound). Its steps then start from the checkpoint's weights with a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from intraq.artifacts import save_json
+from intraq.artifacts import save_json, sha256_of
 from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
@@ -49,8 +54,10 @@ def probe(args: argparse.Namespace) -> dict:
     tic = time.perf_counter()
     student = quantize_model(teacher.model, cfg.quant).to(device)
     ft = cfg.finetune
-    calibrate(student, make_calibration_source(cfg, teacher.model, data, images, device),
-              ft.calib_epochs * ft.iters_per_epoch)
+    state = load_stage2_state(args.state, student) if args.state else None
+    if state is None:
+        calibrate(student, make_calibration_source(cfg, teacher.model, data, images, device),
+                  ft.calib_epochs * ft.iters_per_epoch)
     student.eval().requires_grad_(True)
     model = teacher.model.eval()
     optimizer = make_optimizer(student, ft)
@@ -75,11 +82,25 @@ def probe(args: argparse.Namespace) -> dict:
         "what": "first steps of stage-2 fine-tuning (bench/probe_finetune.py)",
         "profile": cfg.profile, "seed": cfg.seed, "steps": steps, "test_top1_after_steps": accuracy,
         **({"sharpness": sharpness} if sharpness else {}),
+        **({"state": state} if state else {}),
         "image_set": {k: v for k, v in image_set.meta.items() if not isinstance(v, torch.Tensor)},
         "teacher": teacher.info, "teacher_id": teacher_identity(teacher.info), "config": to_dict(cfg),
         "overrides": list(args.overrides), "git_commit": git_commit(), "machine": machine_info(device),
         "seconds": time.perf_counter() - tic, "finished": now_utc(),
     }
+
+
+def load_stage2_state(path: Path, student: torch.nn.Module) -> dict:
+    """Load a stage-2 checkpoint's student (weights and frozen activation ranges) into `student`; what the record
+    says of it: the file's sha256, the last finished epoch and the history's last entry."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or "student" not in blob or "epoch" not in blob:
+        raise SystemExit(f"error: {path} is not a stage-2 checkpoint (no 'student'/'epoch'); pass a case's "
+                         "finetune.pt")
+    student.load_state_dict(blob["student"])
+    last = blob.get("history", [{}])[-1]
+    return {"path": str(path), "sha256": sha256_of(path), "epoch": blob["epoch"],
+            "last_history_entry": {k: v for k, v in last.items() if k != "sharpness"}}
 
 
 def measure_sharpness(
@@ -113,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sharpness", type=int, default=0, metavar="N",
                         help="first measure the KD loss's sharpness with N power iterations (0: skip)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--state", type=Path, default=None, metavar="FINETUNE_PT",
+                        help="start from this stage-2 checkpoint's student instead of calibrating one")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--artifacts", default=None)
@@ -122,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     record = probe(args)
     name = config_hash({"config": record["config"], "steps": args.steps,
-                        **({"sharpness": args.sharpness} if args.sharpness else {})})
+                        **({"sharpness": args.sharpness} if args.sharpness else {}),
+                        **({"state": record["state"]["sha256"]} if args.state else {})})
     out = save_json(record, Path(args.out) / f"{record['profile']}-{name}-seed{record['seed']}.json")
     print(f"wrote {out}")
     return 0
