@@ -60,23 +60,34 @@ def test_power_iteration_through_the_straight_through_quantizer():
     assert torch.isfinite(torch.tensor(result.estimates)).all() and result.top_eigenvalue > 0
 
 
-def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
+def _probe_module():
     import importlib.util
-    import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("probe_finetune", root / "bench" / "probe_finetune.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
+    return probe
 
-    def run(sharpness: int, out: Path) -> dict:
-        args = ["--profile", "smoke", "--steps", "3", "--threads", "1", "--artifacts", str(tmp_path / "artifacts"),
-                "--out", str(out), "--sharpness", str(sharpness),
-                "--set", "synth.num_images=64", "--set", "synth.iterations=20", "--set", "finetune.iters_per_epoch=5"]
-        assert probe.main(args) == 0
-        (record,) = out.glob("*.json")
-        return json.loads(record.read_text())
+
+SMALL_SMOKE_PROBE = ["--profile", "smoke", "--threads", "1", "--set", "synth.num_images=64", "--set",
+                     "synth.iterations=20", "--set", "finetune.iters_per_epoch=5"]
+
+
+def _run_probe(probe, tmp_path, out, *args: str) -> dict:
+    import json
+
+    assert probe.main([*SMALL_SMOKE_PROBE, "--artifacts", str(tmp_path / "artifacts"), "--out", str(out), *args]) == 0
+    (record,) = out.glob("*.json")
+    return json.loads(record.read_text())
+
+
+def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
+    probe = _probe_module()
+
+    def run(sharpness: int, out) -> dict:
+        return _run_probe(probe, tmp_path, out, "--steps", "3", "--sharpness", str(sharpness))
 
     with_sharpness, without = run(4, tmp_path / "a"), run(0, tmp_path / "b")
     measured = with_sharpness["sharpness"]
@@ -87,6 +98,46 @@ def test_the_probe_records_the_sharpness_without_changing_its_steps(tmp_path):
     assert "sharpness" not in without
     assert [s["kd_loss"] for s in with_sharpness["steps"]] == [s["kd_loss"] for s in without["steps"]]
     assert with_sharpness["test_top1_after_steps"] == without["test_top1_after_steps"]
+
+
+def test_the_probe_starts_from_a_stage2_checkpoint_when_given_one(tmp_path):
+    # --state measures a run's student along the way (issue 17): the probe must use the checkpoint's weights,
+    # not a freshly calibrated student, and say which file it read.
+    from intraq.artifacts import sha256_of
+    from intraq.config import apply_overrides
+    from intraq.data import build_data
+    from intraq.device import pick_device
+    from intraq.evaluate import evaluate
+    from intraq.profiles import get_profile
+    from intraq.quantize import quantize_model, set_act_calibration
+    from intraq.teacher.load import get_teacher
+
+    probe = _probe_module()
+    calibrated = _run_probe(probe, tmp_path, tmp_path / "a", "--steps", "0")
+    cfg = apply_overrides(get_profile("smoke"), [])
+    device = pick_device("cpu")
+    data = build_data(cfg.data)
+    teacher = get_teacher(cfg.teacher, data, device, tmp_path / "artifacts", progress=False)
+    student = quantize_model(teacher.model, cfg.quant).eval()
+    set_act_calibration(student, True)
+    with torch.no_grad():  # ranges from noise, then a student unlike any calibrated one: constant logits
+        student(torch.randn(16, *data.test[0][0].shape))
+        set_act_calibration(student, False)
+        for module in student.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+    expected = evaluate(student, data.test, cfg.finetune.eval_batch_size, device)
+    state = tmp_path / "finetune.pt"
+    torch.save({"student": student.state_dict(), "epoch": 7, "history": [{"epoch": 7, "acc": expected}]}, state)
+    loaded = _run_probe(probe, tmp_path, tmp_path / "b", "--steps", "0", "--state", str(state))
+    assert loaded["test_top1_after_steps"] == pytest.approx(expected)
+    assert loaded["test_top1_after_steps"] != pytest.approx(calibrated["test_top1_after_steps"])
+    assert loaded["state"]["epoch"] == 7 and loaded["state"]["sha256"] == sha256_of(state)
+
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a stage-2 checkpoint"):
+        probe.main([*SMALL_SMOKE_PROBE, "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / "c"),
+                    "--steps", "0", "--state", str(tmp_path / "other.pt")])
 
 
 def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_the_function():
