@@ -402,6 +402,31 @@ def test_learning_curve_of_the_shared_cell_beside_other_profiles(tmp_path: Path)
     assert any(getattr(b, "name", "") == "learning-curve.png" and b.png.startswith(b"\x89PNG") for b in blocks)
 
 
+def test_runs_outside_the_grid_are_drawn_with_what_they_changed(tmp_path: Path) -> None:
+    """A record no cell file points to (a run with its own --set) is a curve of its own, labelled with the settings
+    it changed against its profile; the cells' records are not repeated there, other data is left out."""
+    import shutil
+
+    from intraq.report.curves import curves_outside_grid, load_curves
+    from intraq.report.render import blocks_markdown, curve_blocks
+
+    results = tmp_path / "results"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "smoke", results / "smoke")
+    own = load_curves(results, "smoke")
+    assert curves_outside_grid(results, own) == []  # every record there is a cell's
+    cell = json.loads((results / "smoke" / "cells" / "main_cifar10--w4a4-seed0.json").read_text())
+    blob = json.loads((results / "smoke" / cell["result_file"]).read_text())
+    blob["config"]["synth"]["num_images"] = 32
+    (results / "smoke" / "0123456789ab-seed0.json").write_text(json.dumps(blob))
+    foreign = {**blob, "data_identity": "something-else-0123456789abcdef"}
+    (results / "smoke" / "ba9876543210-seed0.json").write_text(json.dumps(foreign))
+    (outside,) = curves_outside_grid(results, own)
+    assert outside.settings == ("synth.num_images=32",)
+    assert outside.label == "smoke intraq (synth.num_images=32) seed 0"
+    text = blocks_markdown(curve_blocks(load_results(results, "smoke")))
+    assert "Runs outside the grid" in text and "synth.num_images=32" in text
+
+
 def test_a_cells_machine_column_shows_thread_counts_and_paths_that_differ() -> None:
     import pandas as pd
 

@@ -2,7 +2,9 @@
 
 The curve of the shared IntraQ W4A4 cell says how much of stage 2 a result needs (issue "The learning curve at
 official strength"): drawn for the report's profile and, beside it, for every other profile in the same results
-folder that ran the same cell on the same data set (each in its own setting: epochs and lr differ).
+folder that ran the same cell on the same data set (each in its own setting: epochs and lr differ). Runs that are no
+table cell (a record with its own `--set`s, as the long curve runs of issue 17 and their controls) are drawn too,
+each labelled with what it changed, so a report can show a curve no cell holds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from intraq.claims import machine_class
 from intraq.errors import UserInputError
 from intraq.report.collect import cells_dir
+from intraq.report.overrides import settings_beyond_profile
 from intraq.results import read_cell_record, read_result
 
 CURVE_CELL = ("main_cifar10", "w4a4")  # the IntraQ W4A4 cell that five tables share
@@ -33,6 +36,14 @@ class Curve:
     data_identity: str | None
     machine: str
     diverged_at: int | None = None  # the epoch whose KD loss turned non-finite (the run stopped there)
+    method: str = ""
+    settings: tuple[str, ...] | None = ()  # beyond its profile's, for runs that are no cell (None: unknown)
+
+    @property
+    def label(self) -> str:
+        """What the run was: profile, method, settings beyond the profile, seed."""
+        settings = "settings unknown" if self.settings is None else ", ".join(self.settings) or "profile settings"
+        return f"{self.profile} {self.method} ({settings}) seed {self.seed}"
 
     def same_data(self, other: Curve) -> bool:
         """Same data set: by content identity where both records have one, else by name."""
@@ -77,6 +88,7 @@ def record_curve(record_path: Path, profile: str | None = None) -> Curve | None:
         best_epoch=record.accuracy.get("best_epoch_index"),
         dataset=(record.config.get("data") or {}).get("name"), data_identity=record.data_identity,
         machine=machine_class(record.machine), diverged_at=record.accuracy.get("diverged_at_epoch"),
+        method=record.method, settings=settings_beyond_profile(record.config, record.profile, record.method),
     )
 
 
@@ -132,3 +144,26 @@ def stage2_cut(curve: Curve, within: float = 0.3) -> StageTwoCut:
             break
         stays = e
     return StageTwoCut(curve.seed, best, best_epoch, reaches, stays, curve.epochs[-1], within)
+
+
+def curves_outside_grid(results: str | Path, like: list[Curve]) -> list[Curve]:
+    """The curves of every run in `results` that no cell file points to (any profile), on the data of `like`:
+    runs with their own settings, e.g. a 256-image stage 2 at official length. Unreadable files are skipped."""
+    out = []
+    for folder in sorted(p for p in Path(results).iterdir() if p.is_dir()):
+        in_grid = set()
+        for cell_file in cells_dir(Path(results), folder.name).glob("*.json"):
+            try:
+                in_grid.add(read_cell_record(cell_file).get("result_file"))
+            except (UserInputError, ValueError):
+                continue
+        for record_path in sorted(folder.glob("*.json")):
+            if record_path.name in in_grid:
+                continue
+            try:
+                curve = record_curve(record_path)
+            except (UserInputError, KeyError, ValueError, TypeError, AttributeError):
+                continue
+            if curve is not None and any(curve.same_data(c) for c in like):
+                out.append(curve)
+    return out

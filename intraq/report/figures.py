@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -161,22 +162,31 @@ def diversity_figure(methods: Sequence[MethodFigureData]) -> bytes:
     return to_png(fig)
 
 
-def learning_curve_figure(curves: dict[str, list]) -> bytes:
+def learning_curve_figure(curves: dict[str, list], outside: list | None = None) -> bytes:
     """One panel per profile: test top-1 per evaluated epoch, a line per seed, its best epoch starred, the
-    calibration epochs shaded (`curves` from `intraq.report.curves.curves_beside`)."""
-    fig = Figure(figsize=(5.2 * len(curves), 4.0))
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    for ax, (profile, runs) in zip(axes, curves.items(), strict=True):
+    calibration epochs shaded (`curves` from `intraq.report.curves.curves_beside`); with `outside`, one more panel
+    for runs that are no table cell, a line per run labelled with its settings."""
+    panels = [(f"{profile} (machine: {', '.join(sorted({r.machine for r in runs}))})", runs,
+               lambda run: f"seed {run.seed}") for profile, runs in curves.items()]
+    if outside:
+        panels.append(("runs outside the grid (own settings; machines in the text)", outside,
+                       lambda run: textwrap.fill(run.label, 48)))
+    fig = Figure(figsize=(5.2 * len(panels), 4.0 + (0.45 * len(outside) if outside else 0)), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, runs, label) in zip(axes, panels, strict=True):
         for run in runs:
-            (line,) = ax.plot(run.epochs, run.accuracy, marker=".", lw=1.2, label=f"seed {run.seed}")
+            (line,) = ax.plot(run.epochs, run.accuracy, marker=".", lw=1.2, label=label(run))
             if run.best is not None:
                 ax.plot([run.best_epoch], [run.best], marker="*", ms=13, color=line.get_color(), ls="none")
         calibration = max(r.calibration_epochs for r in runs)
         if calibration:
             ax.axvspan(-0.5, calibration - 0.5, color="0.9", label="calibration epochs")
-        ax.set_title(f"{profile} (machine: {', '.join(sorted({r.machine for r in runs}))})", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch (★ best epoch)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if outside and runs is outside:  # long labels: under the panel
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        else:
+            ax.legend(fontsize=8)
     return to_png(fig)

@@ -56,6 +56,29 @@ def settings_beyond_cell(blob: dict[str, Any], cell: Cell | None) -> tuple[str, 
     )
 
 
+def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -> tuple[str, ...] | None:
+    """`field=value` for each setting of a run that is no table cell (e.g. `intraq run ... --set
+    synth.num_images=256`) that differs from its profile's config for its method (IntraQ with the cells' base
+    settings); None for a profile not registered here. The sections compared are those the method's case hash
+    covers, as for a cell."""
+    from intraq.config import apply_overrides
+    from intraq.pipeline import relevant_config
+    from intraq.profiles import PROFILES, get_profile
+    from intraq.tables import INTRAQ_BASE
+
+    if profile not in PROFILES:
+        return None
+    base = INTRAQ_BASE if method == "intraq" else (f"synth.method={method}",)
+    try:
+        expected = flatten(relevant_config(apply_overrides(get_profile(profile), list(base))))
+    except (KeyError, ValueError):  # a method this code does not know
+        return None
+    used = flatten(config)
+    return tuple(
+        sorted(_setting(k, v) for k, v in used.items() if k not in IGNORED and k in expected and expected[k] != v)
+    )
+
+
 def describe_settings(per_run: Iterable[tuple[str, ...] | None]) -> str:
     """One sentence over the distinct runs of a report: the settings beyond their cells, with run counts."""
     per_run = list(per_run)

@@ -25,7 +25,7 @@ from intraq.claims import (
     fmt_apart,
 )
 from intraq.report import figures as figs
-from intraq.report.curves import curves_beside
+from intraq.report.curves import Curve, curves_beside, curves_outside_grid
 from intraq.report.load import BenchResults, load_results, summarize
 from intraq.report.official_runs import official_beside_diverged
 from intraq.report.overrides import describe_settings
@@ -513,26 +513,41 @@ def build_report(res: BenchResults) -> Report:
 
 
 def curve_blocks(res: BenchResults) -> list[Block]:
-    """The learning curve of the shared IntraQ W4A4 cell, beside the same cell at other profiles of its data."""
+    """The learning curve of the shared IntraQ W4A4 cell, beside the same cell at other profiles of its data, and
+    the curves of runs on that data that are no table cell (their own settings named)."""
     curves = curves_beside(res.results_dir, res.profile)
     if not curves:
         return []
     lines = []
     for profile, runs in curves.items():
-        for run in runs:
-            best = f"best {run.best:.2f}% at epoch {run.best_epoch}" if run.best is not None else "no best epoch"
-            lines.append(f"`{profile}` seed {run.seed}: {len(run.epochs)} evaluated epochs, {best}, last "
-                         f"{run.accuracy[-1]:.2f}% at epoch {run.epochs[-1]}")
-    return [
+        lines += [f"`{profile}` seed {run.seed}: {_curve_summary(run)}" for run in runs]
+    outside = curves_outside_grid(res.results_dir, curves[res.profile])
+    blocks: list[Block] = [
         Heading(2, "Learning curve of the IntraQ W4A4 cell"),
         Para("How much of stage 2 a result needs: test top-1 per evaluated epoch of the cell that five tables "
              "share, from each record's history; other profiles of the same data set beside it, each in its own "
              "setting (their epochs, lr and synthetic sets differ), so compare shapes, not levels."),
         Bullets(tuple(lines)),
-        FigureBlock("learning-curve.png", figs.learning_curve_figure(curves),
-                    "Test top-1 per evaluated epoch, one line per seed, ★ at the best epoch; shaded: the BN/range "
-                    "calibration epochs before fine-tuning."),
     ]
+    if outside:
+        blocks += [
+            Para("Runs outside the grid on the same data (records with their own settings, e.g. a shorter stage 2 "
+                 "or fewer images; never a table cell, never in a verdict):"),
+            Bullets(tuple(f"{run.label}, {run.machine}: {_curve_summary(run)}" for run in outside)),
+        ]
+    blocks.append(FigureBlock(
+        "learning-curve.png", figs.learning_curve_figure(curves, outside),
+        f"Test top-1 per evaluated epoch, one line per seed{' (per run outside the grid)' if outside else ''}, ★ at "
+        "the best epoch; shaded: the BN/range calibration epochs before fine-tuning."))
+    return blocks
+
+
+def _curve_summary(run: Curve) -> str:
+    best = f"best {run.best:.2f}% at epoch {run.best_epoch}" if run.best is not None else "no best epoch"
+    last = f"last {run.accuracy[-1]:.2f}% at epoch {run.epochs[-1]}"
+    if run.diverged_at is not None:
+        last += f"; diverged at epoch {run.diverged_at} (non-finite KD loss, the run stopped)"
+    return f"{len(run.epochs)} evaluated epochs, {best}, {last}"
 
 
 # ---------------------------------------------------------------------------------------------- markdown / HTML
