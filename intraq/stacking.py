@@ -9,18 +9,21 @@ index (`_generate_together`); each case then makes (or finds) its image set and 
 for all; then each record is written as alone (`close_case`), its `finetune_path` saying `stacked_runs`. A
 stacked run equals the run alone up to float reordering (tests/test_stacking.py). The group's stage-2 checkpoint
 lives in `<artifacts>/runs/stack-<hash of its cases in order>/`: the same group resumes it; a case's own
-interrupted stage 2 keeps the case out of any group (`stack_groups`).
+interrupted stage 2 keeps the case out of any group (`stack_groups`). A group that starts removes the checkpoints of
+other groups with a member of its own (`members.json` names them): a group whose membership changed (another
+`--stack`, a case finished since) can never resume, and its state would otherwise stay on disk for good.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from intraq.artifacts import remove_artifact
+from intraq.artifacts import load_json, remove_artifact, save_json
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.fast.finetune import SHARED_FIELDS
@@ -160,8 +163,9 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
     first = cases[0].ctx
     # named by the members in their order: a checkpoint holds one state per run in that order (and checks seeds
     # only), so a group of the same cases in another order must not find it
-    group = config_hash([f"{c.name}-seed{c.cfg.seed}" for c in cases])
-    folder = paths.artifacts / "runs" / f"stack-{group}"
+    members = [f"{c.name}-seed{c.cfg.seed}" for c in cases]
+    folder = paths.artifacts / "runs" / f"stack-{config_hash(members)}"
+    _remove_stale_groups(folder, members)
     # As finetune_fast prepares the teacher it is given: a run alone is calibrated through that same teacher
     # object (its calibration source holds it), so each case's own teacher gets the same treatment here
     fast = jobs[0].fast
@@ -178,6 +182,24 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
         outcome.seconds["stack_group_total"] = time.perf_counter() - cases[0].t0
         records.append(close_case(case, outcome))
     remove_artifact(folder / FAST_CHECKPOINT)
+    (folder / "members.json").unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     return records
+
+
+def _remove_stale_groups(folder: Path, members: list[str]) -> None:
+    """Name this group's members in its folder, and remove every other group folder that shares one: their state
+    can never resume (a case is in one group at a time, and its campaign lock keeps other runs off it). A folder
+    of older code, without `members.json`, is left alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(members, folder / "members.json")
+    for other in folder.parent.glob("stack-*"):
+        if other == folder or not (other / "members.json").is_file():
+            continue
+        try:
+            theirs = set(load_json(other / "members.json"))
+        except (UserInputError, TypeError, OSError):  # unreadable: not ours to judge
+            continue
+        if theirs & set(members):
+            shutil.rmtree(other, ignore_errors=True)

@@ -29,6 +29,13 @@ def test_stacked_cases_equal_the_cases_alone(tmp_path, cases):
     artifacts = tmp_path / "artifacts"  # one folder: the image sets are made once, then reused by both runs
     alone = [run_case_record(cfg, RunPaths(artifacts, tmp_path / "alone"), cpu, progress=False, fast="none")
              for cfg in cases]
+    # a group of other membership that shares a case can never resume (its state goes); one that shares none stays
+    runs = artifacts / "runs"
+    for name, members in (("stack-stale", [f"{case_hash(cases[1])}-seed1", "0123abcd-seed0"]),
+                          ("stack-unrelated", ["0123abcd-seed0"])):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "members.json").write_text(json.dumps(members))
+        (runs / name / "finetune-fast.pt").write_bytes(b"state")
     stacked = run_cases_stacked(cases, RunPaths(artifacts, tmp_path / "stacked"), cpu, fast="none", progress=False)
     assert [(r.case, r.seed) for r in stacked] == [(case_hash(c), c.seed) for c in cases]
     for one, many in zip(alone, stacked, strict=True):
@@ -45,7 +52,8 @@ def test_stacked_cases_equal_the_cases_alone(tmp_path, cases):
         stored = json.loads((tmp_path / "stacked" / "smoke" / f"{many.case}-seed{many.seed}.json").read_text())
         assert stored["accuracy"] == many.accuracy
     assert len({json.dumps(r.history) for r in stacked}) == 3  # three different runs
-    assert not list((artifacts / "runs").glob("stack-*"))  # the group's checkpoint and folder are gone
+    # the group's own checkpoint and folder are gone, and the stale group's; the unrelated one is kept
+    assert [p.name for p in runs.glob("stack-*")] == ["stack-unrelated"]
 
 
 def test_a_stored_case_is_reused_and_the_rest_still_stack(tmp_path, cases):
