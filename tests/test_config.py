@@ -49,7 +49,8 @@ def test_round_trip_through_dict():
 
 def test_profiles_exist_and_unknown_profile_lists_them():
     assert {"smoke", "cifar10", "cifar10-cpu", "imagenet"} <= set(PROFILES.names())
-    known = "known: cifar10, cifar10-cpu, cifar10-lr1e-5, imagenet, imagenet-official-script, smoke"
+    known = ("known: cifar10, cifar10-cpu, cifar10-lr1e-5, cifar10-lr1e-5-256-cut, imagenet, imagenet-official-script, "
+             "smoke")
     with pytest.raises(UserInputError, match=known):
         get_profile("cifar100")
 
@@ -67,7 +68,7 @@ def _flat(cfg) -> dict:
             for k, v in fields.items()}
 
 
-@pytest.mark.parametrize("profile", ["cifar10-cpu", "cifar10-lr1e-5"])
+@pytest.mark.parametrize("profile", ["cifar10-cpu", "cifar10-lr1e-5", "cifar10-lr1e-5-256-cut"])
 def test_cifar10_variants_list_exactly_what_they_change(profile):
     from intraq.profiles import profile_deviations
 

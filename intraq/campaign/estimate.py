@@ -12,7 +12,8 @@ from intraq.errors import UserInputError
 
 # Used when a profile has no record yet; stated in `intraq status` and in the skip reasons.
 DEFAULT_CASE_SECONDS: dict[str, float] = {"smoke": 60.0, "cifar10-cpu": 1800.0, "cifar10": 4 * 3600.0,
-                                          "cifar10-lr1e-5": 4 * 3600.0, "imagenet": 24 * 3600.0}
+                                          "cifar10-lr1e-5": 4 * 3600.0, "cifar10-lr1e-5-256-cut": 2 * 3600.0,
+                                          "imagenet": 24 * 3600.0}
 FALLBACK_CASE_SECONDS = 3600.0
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
