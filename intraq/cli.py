@@ -321,11 +321,19 @@ def cmd_curve(args: argparse.Namespace) -> int:
                                  "or name another --cell, --results or a --record")
         label = args.cell
     diverged = [c for c in curves if c.diverged_at is not None]
-    if diverged:  # a curve that stopped on a non-finite loss says nothing about where training levels off
+    # A run that diverged before any fine-tuning epoch beat calibration says nothing about fine-tuning's length
+    early = [c for c in diverged if stage2_cut(c, args.within).best_epoch < c.calibration_epochs]
+    if early:
         print(f"{label} at {profile}: no cut: " + "; ".join(
-            f"seed {c.seed} diverged at epoch {c.diverged_at} (non-finite KD loss; the run stopped there)"
-            for c in diverged) + ". A cut needs runs that trained through stage 2.", file=sys.stderr)
+            f"seed {c.seed} diverged at epoch {c.diverged_at} (non-finite KD loss; the run stopped there) with "
+            "its best in calibration" for c in early) + ". A cut needs runs whose fine-tuning trained.",
+              file=sys.stderr)
         return 1
+    if diverged:  # its best came from fine-tuning, before it diverged: the official protocol reports that best
+        print("caution: " + "; ".join(f"seed {c.seed} diverged at epoch {c.diverged_at}" for c in diverged)
+              + ": its best is that of the epochs before; a run that trained through might peak later, so the cut "
+              "keeps what the official protocol (best test epoch, T12) reports for these runs, not a full "
+              "schedule's plateau", file=sys.stderr)
     print(f"{label} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
           "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
     cuts = [stage2_cut(c, args.within) for c in curves]

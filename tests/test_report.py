@@ -510,11 +510,19 @@ def test_cli_curve_gives_no_cut_from_a_run_that_diverged(tmp_path: Path, capsys,
     import intraq.report.curves as curves
     from intraq.cli import main
 
-    diverged = dataclasses.replace(_curve([81.8, 82.5, 82.7, 82.6, 10.0]), diverged_at=4)
+    diverged = dataclasses.replace(_curve([81.8, 82.5, 82.7, 82.6, 10.0]), diverged_at=4, calibration_epochs=4)
     monkeypatch.setattr(curves, "load_curves", lambda *args, **kwargs: [diverged])
     assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "no cut: seed 0 diverged at epoch 4" in err
+    assert "no cut: seed 0 diverged at epoch 4" in err and "best in calibration" in err
+    # fine-tuning trained, then diverged (the 256-image run of issue 17): a cut, with the caution
+    later = dataclasses.replace(_curve([84.2, 84.1, 83.5, 84.2, 86.2, 86.6, 86.4, 17.6, 10.0]), diverged_at=8,
+                                calibration_epochs=4)
+    monkeypatch.setattr(curves, "load_curves", lambda *args, **kwargs: [later])
+    assert main(["curve", "--profile", "smoke", "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "caution: seed 0 diverged at epoch 8" in err
+    assert "cut for the best-epoch metric: finetune.epochs = 6" in out and "no cut keeps the final-epoch" in out
 
 
 def _official_record(teacher_id: str, losses: list[float], accuracies: list[float]) -> dict:
