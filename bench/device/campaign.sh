@@ -20,26 +20,10 @@
 # Exit status: 0 when the runner passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
-DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
-if [[ $DRY -eq 1 && ( $# -eq 1 || $# -eq 2 ) ]]; then
-  DATA=""; OUT="$1"; LIMIT="${2:-300}"
-elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
-  DATA="$1"; OUT="$2"; LIMIT="${3:-540}"
-else
-  echo "usage: bash bench/device/campaign.sh DATA OUTDIR [SECONDS]  |  bash bench/device/campaign.sh --dry-run OUTDIR [SECONDS]" >&2
-  exit 2
-fi
-if [[ $DRY -eq 0 && ! -f "$DATA" && ! -d "$DATA" ]]; then
-  echo "campaign.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
-  exit 2
-fi
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-if [[ -n "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
-cd "$(dirname "$0")/../.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
+. "$(dirname "$0")/args.sh"
+device_args campaign.sh 300 540 "$@"
+require_data campaign.sh
+enter_repo
 JOBS="${CAMPAIGN_JOBS:-1}"
 
 STACK="${CAMPAIGN_STACK:-1}"

@@ -29,9 +29,8 @@ fi
 OUT="$1"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-cd "$(dirname "$0")/../.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
+. "$(dirname "$0")/args.sh"
+enter_repo
 : > "$OUT/summary.txt"
 STATUS=0
 

@@ -18,19 +18,8 @@
 # Exit status: 0 when every part passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
-DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
-if [[ $DRY -eq 1 && ( $# -eq 1 || $# -eq 2 ) ]]; then
-  DATA=""; OUT="$1"; LIMIT="${2:-600}"
-elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
-  DATA="$1"; OUT="$2"; LIMIT="${3:-590}"
-else
-  echo "usage: bash bench/device/session.sh DATA OUTDIR [SECONDS]  |  bash bench/device/session.sh --dry-run OUTDIR [SECONDS]" >&2
-  exit 2
-fi
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-if [[ -n "$DATA" && -e "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
+. "$(dirname "$0")/args.sh"
+device_args session.sh 600 590 "$@"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

@@ -18,22 +18,9 @@
 # teacher, when the time limit leaves two minutes, its stage-2 sharpness on real images (bench/probe_finetune.py).
 set -uo pipefail
 
-DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
-if [[ $DRY -eq 1 && $# -eq 1 ]]; then
-  DATA=""; OUT="$1"; LIMIT="${TEACHER_SECONDS:-300}"
-elif [[ $DRY -eq 0 && ( $# -eq 2 || $# -eq 3 ) ]]; then
-  DATA="$1"; OUT="$2"; LIMIT="${3:-480}"
-else
-  echo "usage: bash bench/device/teacher.sh DATA OUTDIR [SECONDS]  |  bash bench/device/teacher.sh --dry-run OUTDIR" >&2
-  exit 2
-fi
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-if [[ -n "$DATA" && -e "$DATA" ]]; then DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"; fi
-cd "$(dirname "$0")/../.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
+. "$(dirname "$0")/args.sh"
+device_args teacher.sh "${TEACHER_SECONDS:-300}" 480 "$@"
+enter_repo
 EPOCHS="${TEACHER_EPOCHS:-160}"
 WD="${TEACHER_WD:-1e-4}"
 
@@ -52,10 +39,7 @@ if [[ $DRY -eq 0 && -f "teachers/$NAME" && -f "teachers/${NAME%.pt}.json" ]]; th
   echo "teacher already committed: teachers/$NAME (nothing to do)" | tee "$OUT/summary.txt"
   exit 0  # before the data check: a committed teacher needs no data carried along
 fi
-if [[ $DRY -eq 0 && ! -f "$DATA" && ! -d "$DATA" ]]; then
-  echo "teacher.sh: no CIFAR-10 data at $DATA: carry the archive with the tree (see the usage above)" >&2
-  exit 2
-fi
+require_data teacher.sh
 mkdir -p "$FOLDER"
 CKPT="$FOLDER/$NAME"
 STATE="${CKPT%.pt}.state"
