@@ -9,7 +9,7 @@
   when calibration ends, and the sharpness grows; resume/README.md).
 - `cifar10-lr1e-5-256-cut`: `cifar10-lr1e-5` on 256 images with stage 2 cut at epoch 8, the first epoch of that
   setting's full-length curve within 0.3 points of its best (issue 17's profile that is faithful in kind: official
-  synthesis, official stage-2 batch and steps per epoch, at about 1/17 of the cost; `CIFAR10_256_CUT_DEVIATIONS`).
+  synthesis, official stage-2 batch and steps per epoch, at about 1/25 of the compute; `CIFAR10_256_CUT_DEVIATIONS`).
 - `imagenet`: ResNet-18 on ImageNet with the official ImageNet hyperparameters (GPU; data path from the user),
   except that MDC and SIL are on with the CIFAR-10 script's margins (`IMAGENET_MARGINS`, trap T1).
 - `imagenet-official-script`: `imagenet` as the official ImageNet script runs it: m_low 0, m_up 2, targetPro 1, which
