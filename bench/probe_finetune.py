@@ -26,15 +26,16 @@ from pathlib import Path
 
 import torch
 
-from intraq.artifacts import save_json, sha256_of
+from intraq.artifacts import load_torch, save_json, sha256_of
 from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
+from intraq.errors import UserInputError
 from intraq.evaluate import evaluate
 from intraq.finetune.augment import make_finetune_augment
 from intraq.finetune.stability import kd_sharpness
 from intraq.finetune.trainer import Augment, calibrate, kd_backward, make_optimizer
-from intraq.pipeline import RunPaths, get_image_set, make_calibration_source, teacher_identity
+from intraq.pipeline import RunPaths, case_hash, get_image_set, make_calibration_source, teacher_identity
 from intraq.profiles import get_profile
 from intraq.quantize import quantize_model
 from intraq.results import git_commit, machine_info, now_utc
@@ -54,7 +55,7 @@ def probe(args: argparse.Namespace) -> dict:
     tic = time.perf_counter()
     student = quantize_model(teacher.model, cfg.quant).to(device)
     ft = cfg.finetune
-    state = load_stage2_state(args.state, student) if args.state else None
+    state = load_stage2_state(args.state, student, f"{case_hash(cfg)}-seed{cfg.seed}") if args.state else None
     if state is None:
         calibrate(student, make_calibration_source(cfg, teacher.model, data, images, device),
                   ft.calib_epochs * ft.iters_per_epoch)
@@ -90,15 +91,26 @@ def probe(args: argparse.Namespace) -> dict:
     }
 
 
-def load_stage2_state(path: Path, student: torch.nn.Module) -> dict:
+def load_stage2_state(path: Path, student: torch.nn.Module, case: str) -> dict:
     """Load a stage-2 checkpoint's student (weights and frozen activation ranges) into `student`; what the record
-    says of it: the file's sha256, the last finished epoch and the history's last entry."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    says of it: the file's sha256, the last finished epoch and the history's last entry. The file is checked
+    against its sha256 file as the trainer checks it; one whose folder names another case is loaded with a
+    warning (the bit widths are no part of the state, so nothing else would tell)."""
+    try:
+        blob = load_torch(path, remedy="pass a case's finetune.pt as written by its run")
+    except UserInputError as error:
+        raise SystemExit(f"error: {error}") from error
+    if isinstance(blob, dict) and "students" in blob:
+        raise SystemExit(f"error: {path} is a fast-path checkpoint (finetune-fast.pt, one state per stacked run); "
+                         "--state reads the reference path's finetune.pt")
     if not isinstance(blob, dict) or "student" not in blob or "epoch" not in blob:
         raise SystemExit(f"error: {path} is not a stage-2 checkpoint (no 'student'/'epoch'); pass a case's "
                          "finetune.pt")
+    if path.parent.name != case:
+        print(f"warning: {path} is not in this case's run folder ({case}); make sure --profile, --seed and --set "
+              "describe the run it comes from", flush=True)
     student.load_state_dict(blob["student"])
-    last = blob.get("history", [{}])[-1]
+    last = (blob.get("history") or [{}])[-1]
     return {"path": str(path), "sha256": sha256_of(path), "epoch": blob["epoch"],
             "last_history_entry": {k: v for k, v in last.items() if k != "sharpness"}}
 
@@ -141,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default=None)
     parser.add_argument("--out", default="results/diagnostics/finetune-probe")
     args = parser.parse_args(argv)
+    if args.state is not None and not args.state.is_file():  # before the teacher and the images are built
+        raise SystemExit(f"error: --state {args.state}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
     record = probe(args)

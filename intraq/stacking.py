@@ -11,7 +11,9 @@ stacked run equals the run alone up to float reordering (tests/test_stacking.py)
 lives in `<artifacts>/runs/stack-<hash of its cases in order>/`: the same group resumes it; a case's own
 interrupted stage 2 keeps the case out of any group (`stack_groups`). A group that starts removes the checkpoints of
 other groups with a member of its own (`members.json` names them): a group whose membership changed (another
-`--stack`, a case finished since) can never resume, and its state would otherwise stay on disk for good.
+`--stack`, a selection of other cases) can never resume, and its state would otherwise stay on disk for good (a
+case that runs alone leaves such a folder to the next group that has it). Campaigns that share an artifacts folder
+must share their results folder too: the case locks that keep two groups off one case live there.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def _remove_stale_groups(folder: Path, members: list[str]) -> None:
             continue
         try:
             theirs = set(load_json(other / "members.json"))
-        except (UserInputError, TypeError, OSError):  # unreadable: not ours to judge
+        except (UserInputError, TypeError, ValueError, OSError):  # unreadable: not ours to judge
             continue
         if theirs & set(members):
             shutil.rmtree(other, ignore_errors=True)

@@ -129,15 +129,30 @@ def test_the_probe_starts_from_a_stage2_checkpoint_when_given_one(tmp_path):
     expected = evaluate(student, data.test, cfg.finetune.eval_batch_size, device)
     state = tmp_path / "finetune.pt"
     torch.save({"student": student.state_dict(), "epoch": 7, "history": [{"epoch": 7, "acc": expected}]}, state)
-    loaded = _run_probe(probe, tmp_path, tmp_path / "b", "--steps", "0", "--state", str(state))
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("a student from --state keeps the checkpoint's activation ranges")
+
+    calibrate = probe.calibrate
+    probe.calibrate = no_calibration
+    try:
+        loaded = _run_probe(probe, tmp_path, tmp_path / "b", "--steps", "0", "--state", str(state))
+    finally:
+        probe.calibrate = calibrate
     assert loaded["test_top1_after_steps"] == pytest.approx(expected)
     assert loaded["test_top1_after_steps"] != pytest.approx(calibrated["test_top1_after_steps"])
     assert loaded["state"]["epoch"] == 7 and loaded["state"]["sha256"] == sha256_of(state)
 
+    def refused(state_file) -> str:
+        with pytest.raises(SystemExit) as error:
+            probe.main([*SMALL_SMOKE_PROBE, "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / "c"),
+                        "--steps", "0", "--state", str(state_file)])
+        return str(error.value)
+
     torch.save({"weights": {}}, tmp_path / "other.pt")
-    with pytest.raises(SystemExit, match="not a stage-2 checkpoint"):
-        probe.main([*SMALL_SMOKE_PROBE, "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / "c"),
-                    "--steps", "0", "--state", str(tmp_path / "other.pt")])
+    assert "not a stage-2 checkpoint" in refused(tmp_path / "other.pt")
+    torch.save({"students": [], "epoch": 3}, tmp_path / "finetune-fast.pt")
+    assert "fast-path checkpoint" in refused(tmp_path / "finetune-fast.pt")
+    assert "no such file" in refused(tmp_path / "missing.pt")
 
 
 def test_with_frozen_bn_the_sharpness_depends_on_the_weight_scale_not_only_on_the_function():

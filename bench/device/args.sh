@@ -1,4 +1,5 @@
-# Sourced by the device scripts (session.sh, campaign.sh, teacher.sh): the start they share.
+# Sourced by the device scripts (session.sh, campaign.sh, teacher.sh; check.sh for enter_repo): the start they
+# share.
 
 # device_args NAME DRY_SECONDS LIVE_SECONDS "$@": parse `DATA OUTDIR [SECONDS]` or `--dry-run OUTDIR [SECONDS]`
 # into DRY (0/1), DATA (absolute when it exists; empty in a dry run), OUT (created, absolute) and LIMIT (the

@@ -20,6 +20,7 @@ set -uo pipefail
 
 . "$(dirname "$0")/args.sh"
 device_args session.sh 600 590 "$@"
+require_data session.sh  # before any device minute goes to the steps that do not need it
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

@@ -2,7 +2,7 @@
 # Train the stronger `cifar10` teacher of issue 14 on a lent GPU, within a time limit, resumable across sessions.
 #
 #   bash bench/device/teacher.sh DATA OUTDIR [SECONDS]   # on the GPU machine, from the repository root
-#   bash bench/device/teacher.sh --dry-run OUTDIR         # anywhere: the same steps, 2 epochs of the digits CNN
+#   bash bench/device/teacher.sh --dry-run OUTDIR [SECONDS]  # anywhere: the same steps, 2 epochs of the digits CNN
 #
 # DATA is the CIFAR-10 JPEG archive, carried with the tree (e.g. artifacts/device/cifar10-jpeg.tar.gz; the machine
 # has no network). Trains ResNet-20 with the project's recipe at TEACHER_EPOCHS (default 160) epochs and weight

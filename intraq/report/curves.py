@@ -148,22 +148,23 @@ def stage2_cut(curve: Curve, within: float = 0.3) -> StageTwoCut:
 
 def curves_outside_grid(results: str | Path, like: list[Curve]) -> list[Curve]:
     """The curves of every run in `results` that no cell file points to (any profile), on the data of `like`:
-    runs with their own settings, e.g. a 256-image stage 2 at official length. Unreadable files are skipped."""
+    runs with their own settings, e.g. a 256-image stage 2 of 64 epochs. A record with no setting beyond its
+    profile's is a cell's earlier run that a newer one replaced, and is left out; so are unreadable files."""
     out = []
     for folder in sorted(p for p in Path(results).iterdir() if p.is_dir()):
         in_grid = set()
         for cell_file in cells_dir(Path(results), folder.name).glob("*.json"):
             try:
                 in_grid.add(read_cell_record(cell_file).get("result_file"))
-            except (UserInputError, ValueError):
+            except (UserInputError, ValueError, OSError):
                 continue
         for record_path in sorted(folder.glob("*.json")):
             if record_path.name in in_grid:
                 continue
             try:
                 curve = record_curve(record_path)
-            except (UserInputError, KeyError, ValueError, TypeError, AttributeError):
+            except (UserInputError, KeyError, ValueError, TypeError, AttributeError, OSError):
                 continue
-            if curve is not None and any(curve.same_data(c) for c in like):
+            if curve is not None and curve.settings != () and any(curve.same_data(c) for c in like):
                 out.append(curve)
     return out

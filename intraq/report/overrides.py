@@ -62,6 +62,7 @@ def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -
     settings); None for a profile not registered here. The sections compared are those the method's case hash
     covers, as for a cell."""
     from intraq.config import apply_overrides
+    from intraq.errors import UserInputError
     from intraq.pipeline import relevant_config
     from intraq.profiles import PROFILES, get_profile
     from intraq.tables import INTRAQ_BASE
@@ -71,7 +72,7 @@ def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -
     base = INTRAQ_BASE if method == "intraq" else (f"synth.method={method}",)
     try:
         expected = flatten(relevant_config(apply_overrides(get_profile(profile), list(base))))
-    except (KeyError, ValueError):  # a method this code does not know
+    except (UserInputError, KeyError, ValueError):  # a method this code does not know
         return None
     used = flatten(config)
     return tuple(
