@@ -8,7 +8,7 @@
   Not yet shown to train through stage 2: on a 256-image set it exploded at epoch 19 (the bound is measured once,
   when calibration ends, and the sharpness grows; resume/README.md).
 - `cifar10-lr1e-5-256-cut`: `cifar10-lr1e-5` on 256 images with stage 2 cut at epoch 8, the first epoch of that
-  setting's curve through every lr phase within 0.3 points of its best (issue 17's profile that is faithful in
+  setting's curve at the official schedule within 0.3 points of its best (issue 17's profile that is faithful in
   kind: official synthesis, official stage-2 batch and steps per epoch, at about 1/25 of the compute;
   `CIFAR10_256_CUT_DEVIATIONS`).
 - `imagenet`: ResNet-18 on ImageNet with the official ImageNet hyperparameters (GPU; data path from the user),
@@ -179,12 +179,12 @@ CIFAR10_256_CUT_DEVIATIONS: dict[str, str] = {
     ),
     "finetune.epochs": (
         "151 -> 9 (epochs 0-8: the 4 calibration epochs, then 5 of KD fine-tuning, 1,000 steps at lr 1e-5): cut at "
-        "epoch 8, the first epoch within 0.3 points of the best of this very setting run through every lr phase "
+        "epoch 8, the first epoch within 0.3 points of the best of this very setting at the official schedule "
         "(record results/cifar10-lr1e-5/1f7a7e6b2385-seed0.json: IntraQ W4A4, seed 0, 256 images, the official "
-        "stage 2 at lr 1e-5 for 64 epochs, from epoch 60 at lr 1e-8; every epoch evaluated; best 86.64 at epoch 8, "
-        "after calibration 84.21). That run's KD loss rose from epoch 12, exploded at epoch 19 (KD loss 278) and "
-        "turned non-finite at 22 (the lr drop at epoch 20 came too late), so the schedule had no later best to "
-        "lose at 256 images; the cut keeps what the official protocol (best test epoch, T12) "
+        "stage 2 at lr 1e-5, set for its first 64 epochs; every epoch evaluated; best 86.64 at epoch 8, after "
+        "calibration 84.21). That run's KD loss rose from epoch 12, exploded at epoch 19 (KD loss 278) and turned "
+        "non-finite at 22, where it stopped (the lr drop to 1e-6 at epoch 20 came too late), so the schedule had no "
+        "later best to lose at 256 images; the cut keeps what the official protocol (best test epoch, T12) "
         "reports for it, at 9 of 151 epochs. One seed; its epoch-to-epoch noise (up to 0.6 points) exceeds the "
         "0.3 margin, so each record keeps its own curve (every epoch evaluated) to show where its best fell"
     ),
