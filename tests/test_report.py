@@ -416,6 +416,8 @@ def test_runs_outside_the_grid_are_drawn_with_what_they_changed(tmp_path: Path) 
     assert curves_outside_grid(results, own) == []  # every record there is a cell's
     cell = json.loads((results / "smoke" / "cells" / "main_cifar10--w4a4-seed0.json").read_text())
     blob = json.loads((results / "smoke" / cell["result_file"]).read_text())
+    # a cell's earlier run that a newer one replaced: nothing beyond the profile, so not drawn
+    (results / "smoke" / "fedcba987654-seed0.json").write_text(json.dumps(blob))
     blob["config"]["synth"]["num_images"] = 32
     (results / "smoke" / "0123456789ab-seed0.json").write_text(json.dumps(blob))
     foreign = {**blob, "data_identity": "something-else-0123456789abcdef"}
