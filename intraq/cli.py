@@ -320,9 +320,11 @@ def cmd_curve(args: argparse.Namespace) -> int:
                                  f"{results}: run it (pytest bench -k \"{table} and {cell}\" --profile {profile}), "
                                  "or name another --cell, --results or a --record")
         label = args.cell
+    cuts = [stage2_cut(c, args.within) for c in curves]
     diverged = [c for c in curves if c.diverged_at is not None]
     # A run that diverged before any fine-tuning epoch beat calibration says nothing about fine-tuning's length
-    early = [c for c in diverged if stage2_cut(c, args.within).best_epoch < c.calibration_epochs]
+    early = [c for c, cut in zip(curves, cuts, strict=True)
+             if c.diverged_at is not None and cut.best_epoch < c.calibration_epochs]
     if early:
         print(f"{label} at {profile}: no cut: " + "; ".join(
             f"seed {c.seed} diverged at epoch {c.diverged_at} (non-finite KD loss; the run stopped there) with "
@@ -336,7 +338,6 @@ def cmd_curve(args: argparse.Namespace) -> int:
               "schedule's plateau", file=sys.stderr)
     print(f"{label} at {profile}: where the test top-1 comes within {args.within:g} points of each run's best "
           "(epochs from 0, calibration first; keeping epochs 0..e is finetune.epochs = e + 1)")
-    cuts = [stage2_cut(c, args.within) for c in curves]
     for c in cuts:
         stays = f"stays there from epoch {c.stays}" if c.stays is not None else "ends below it"
         print(f"  seed {c.seed}: best {c.best:.2f} at epoch {c.best_epoch} of 0..{c.last_epoch}; reaches best − "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from intraq.config import DIAGNOSTIC_FIELDS, LOCATION_FIELDS
 
 if TYPE_CHECKING:
+    from intraq.config import RunConfig
     from intraq.tables import Cell
 
 IGNORED = {*LOCATION_FIELDS, *DIAGNOSTIC_FIELDS, "seed", "profile"}  # diagnostics change no number of a run
@@ -42,18 +43,13 @@ def settings_beyond_cell(blob: dict[str, Any], cell: Cell | None) -> tuple[str, 
 
     A field the record lacks was added after it ran and held its default then; a field the config no longer
     has is not a setting of today's code: neither is listed."""
-    from intraq.pipeline import relevant_config
     from intraq.profiles import PROFILES
     from intraq.tables import cell_config
 
     config, profile = blob.get("config"), blob.get("profile")
     if not isinstance(config, dict) or profile not in PROFILES or cell is None:
         return None
-    expected = flatten(relevant_config(cell_config(cell, profile, int(blob.get("seed", 0)))))
-    used = flatten(config)
-    return tuple(
-        sorted(_setting(k, v) for k, v in used.items() if k not in IGNORED and k in expected and expected[k] != v)
-    )
+    return _differences(config, cell_config(cell, profile, int(blob.get("seed", 0))))
 
 
 def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -> tuple[str, ...] | None:
@@ -63,7 +59,6 @@ def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -
     covers, as for a cell."""
     from intraq.config import apply_overrides
     from intraq.errors import UserInputError
-    from intraq.pipeline import relevant_config
     from intraq.profiles import PROFILES, get_profile
     from intraq.tables import INTRAQ_BASE
 
@@ -71,13 +66,19 @@ def settings_beyond_profile(config: dict[str, Any], profile: str, method: str) -
         return None
     base = INTRAQ_BASE if method == "intraq" else (f"synth.method={method}",)
     try:
-        expected = flatten(relevant_config(apply_overrides(get_profile(profile), list(base))))
+        return _differences(config, apply_overrides(get_profile(profile), list(base)))
     except (UserInputError, KeyError, ValueError):  # a method this code does not know
         return None
-    used = flatten(config)
-    return tuple(
-        sorted(_setting(k, v) for k, v in used.items() if k not in IGNORED and k in expected and expected[k] != v)
-    )
+
+
+def _differences(config: dict[str, Any], expected: RunConfig) -> tuple[str, ...]:
+    """`field=value` for each setting of a stored `config` that differs from `expected` over the sections its
+    method's case hash covers (fields only one side has are not listed; locations and diagnostics neither)."""
+    from intraq.pipeline import relevant_config
+
+    reference = flatten(relevant_config(expected))
+    return tuple(sorted(_setting(k, v) for k, v in flatten(config).items()
+                        if k not in IGNORED and k in reference and reference[k] != v))
 
 
 def describe_settings(per_run: Iterable[tuple[str, ...] | None]) -> str:
