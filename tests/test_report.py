@@ -637,3 +637,17 @@ def test_header_says_what_the_official_trainer_did_on_a_diverged_runs_inputs(
         blob["accuracy"]["diverged_at_epoch"] = 5
         path.write_text(json.dumps(blob))
     assert line in _header(results, PROFILE).splitlines()
+
+
+def test_calibration_epochs_are_counted_in_both_history_kinds() -> None:
+    """KD fine-tuning names the phase, Qimera's joint loop flags `calibrating`: a curve's calibration epochs (where
+    `intraq curve` may not cut) come from either."""
+    from intraq.report.curves import record_curve
+
+    smoke = Path(__file__).resolve().parents[1] / "results" / "smoke"
+    qimera = record_curve(smoke / "56a83ed6bbde-seed0.json")
+    history = json.loads((smoke / "56a83ed6bbde-seed0.json").read_text())["history"]
+    assert qimera is not None and qimera.calibration_epochs == sum(1 for h in history if h["calibrating"]) > 0
+    kd = record_curve(smoke / "77c90a0f4729-seed0.json")
+    assert kd is not None and kd.calibration_epochs == json.loads(
+        (smoke / "77c90a0f4729-seed0.json").read_text())["config"]["finetune"]["calib_epochs"] > 0

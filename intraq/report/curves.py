@@ -84,12 +84,17 @@ def record_curve(record_path: Path, profile: str | None = None) -> Curve | None:
         return None
     return Curve(
         profile=profile, seed=record.seed, epochs=tuple(e for e, _ in points), accuracy=tuple(a for _, a in points),
-        calibration_epochs=sum(1 for h in history if h.get("phase") == "calibration"),
+        calibration_epochs=sum(1 for h in history if is_calibration_epoch(h)),
         best_epoch=record.accuracy.get("best_epoch_index"),
         dataset=(record.config.get("data") or {}).get("name"), data_identity=record.data_identity,
         machine=machine_class(record.machine), diverged_at=record.accuracy.get("diverged_at_epoch"),
         method=record.method, settings=settings_beyond_profile(record.config, record.profile, record.method),
     )
+
+
+def is_calibration_epoch(entry: dict) -> bool:
+    """KD fine-tuning's history names its phase; Qimera's joint loop flags its calibration epochs instead."""
+    return entry.get("phase") == "calibration" or entry.get("calibrating") is True
 
 
 def load_curves(results: str | Path, profile: str, cell: tuple[str, str] = CURVE_CELL) -> list[Curve]:
