@@ -29,7 +29,7 @@ import torch
 from intraq.campaign import CaseSettings, PlannedCase, check_results_version, plan_cases
 from intraq.campaign.estimate import parse_duration
 from intraq.campaign.plan import DONE, claim_verdicts, needed_cells
-from intraq.cli import FAST_HELP
+from intraq.cli import FAST_HELP, SAME_MACHINE_HELP
 from intraq.config_file import resolve_profile
 from intraq.errors import UserInputError
 from intraq.interrupts import sigterm_as_interrupt
@@ -58,11 +58,12 @@ class BenchOptions:
     deadline: float | None = None  # wall-clock time (time.time()) after which no case starts
     default_seconds: float | None = None
     fast: str | None = None  # capture mode of the fast path, or None for the reference path
+    same_machine: bool = False  # a stored record of another machine class is run again here (intraq.reuse)
 
     @property
     def settings(self) -> CaseSettings:
         return CaseSettings(self.profile, self.results, self.artifacts, self.extra, self.device, self.threads,
-                            self.compile, self.default_seconds, self.fast)
+                            self.compile, self.default_seconds, self.fast, self.same_machine)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,6 +84,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--compile", action="store_true",
                     help="torch.compile the image-generation loss (same numbers; faster for long runs)")
     group.addoption("--fast", nargs="?", const="auto", default=None, metavar="CAPTURE", help=FAST_HELP)
+    group.addoption("--same-machine", action="store_true", help=SAME_MACHINE_HELP)
     group.addoption("--set", dest="bench_overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a config field for every case (changes the case hashes)")
     group.addoption("--deadline", default=None, metavar="DURATION",
@@ -104,6 +106,7 @@ def _options(config: pytest.Config) -> BenchOptions:
         device=config.getoption("device"), threads=config.getoption("threads"),
         compile=config.getoption("compile"), extra=tuple(extra), deadline=plan.get("deadline"),
         default_seconds=config.getoption("default_case_seconds"), fast=config.getoption("fast"),
+        same_machine=config.getoption("same_machine"),
     )
 
 
@@ -163,9 +166,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _plan(opts: BenchOptions, needed: set[str] | None) -> list[PlannedCase]:
     from intraq.device import pick_device
+    from intraq.reuse import this_machine_class
 
-    return plan_cases(opts.profile, opts.seeds, opts.results, opts.extra, opts.default_seconds, needed,
-                      pick_device(opts.device).type)
+    device = pick_device(opts.device)
+    return plan_cases(opts.profile, opts.seeds, opts.results, opts.extra, opts.default_seconds, needed, device.type,
+                      this_machine_class(device) if opts.same_machine else None)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -52,6 +52,15 @@ def _fast_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", nargs="?", const="auto", default=None, metavar="CAPTURE", help=FAST_HELP)
 
 
+SAME_MACHINE_HELP = ("reuse a stored record only if it ran on this machine class (GPU or CPU type, torch version); "
+                     "one of another class is run again here and kept under <results>/<profile>/other-machines/ "
+                     "(claims compare cells only on one class)")
+
+
+def _same_machine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--same-machine", action="store_true", help=SAME_MACHINE_HELP)
+
+
 def build_config(args: argparse.Namespace, method: str | None = None) -> RunConfig:
     if args.config and args.profile:
         raise UserInputError("give --profile or --config, not both (a study file names its own profile)")
@@ -198,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with case_lock(results, cfg.profile, case_hash(cfg), cfg.seed):
         stored = read_result(stored_file) if stored_file.exists() and not args.force else None
         record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile,
-                                 fast=args.fast)
+                                 fast=args.fast, same_machine=args.same_machine)
     reused = stored is not None and (stored.started, stored.finished, stored.seconds) == (
         record.started, record.finished, record.seconds)
     if reused:
@@ -289,7 +298,8 @@ def _case_settings(args: argparse.Namespace):  # noqa: ANN202 - intraq.campaign.
     results = Path(args.results) if args.results else default_results_dir(args.publish)
     return CaseSettings(args.profile, results, Path(args.artifacts) if args.artifacts else None,
                         tuple(extra), getattr(args, "device", "auto"), getattr(args, "threads", 1),
-                        getattr(args, "compile", False), args.default_case_seconds, getattr(args, "fast", None))
+                        getattr(args, "compile", False), args.default_case_seconds, getattr(args, "fast", None),
+                        getattr(args, "same_machine", False))
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
@@ -473,6 +483,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"one of: {', '.join(METHODS.names())} (default intraq; `intraq methods` describes them)")
     _results_options(p, "write")
     _fast_option(p)
+    _same_machine_option(p)
     p.add_argument("--force", action="store_true", help="recompute even if the result exists")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     p.set_defaults(func=cmd_run)
@@ -516,6 +527,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per case (default 1)")
     _fast_option(p)
+    _same_machine_option(p)
     p.set_defaults(func=cmd_campaign)
 
     p = sub.add_parser("curve", help="where a cell's learning curve comes within a margin of its best (a stage-2 cut)")

@@ -21,6 +21,7 @@ from torch import nn
 
 import intraq
 from intraq.artifacts import artifacts_root, load_torch, remove_artifact
+from intraq.claims import machine_class
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
@@ -47,6 +48,7 @@ from intraq.results import (
     result_path,
     write_result,
 )
+from intraq.reuse import OTHER_MACHINES, keep_displaced, this_machine_class
 from intraq.teacher.load import get_teacher
 
 
@@ -126,6 +128,7 @@ class OpenCase:
     started: str
     t0: float  # perf_counter at the start of its work
     seconds: dict[str, float]
+    displaces: str | None = None  # machine class of a stored record this run replaces (`same_machine`), kept aside
 
 
 def run_case_record(
@@ -136,14 +139,16 @@ def run_case_record(
     force: bool = False,
     compile: bool = False,
     fast: str | None = None,
+    same_machine: bool = False,
 ) -> RunRecord:
     """Run one case (or return its stored record): data -> teacher -> method -> `RunRecord`, written to
     `<results>/<profile>/<case>-seed<N>.json` with config, seed, commit, machine and times.
 
     `fast` (a capture mode of `intraq.fast`, or "auto") runs the stages that have a fast path on it (same draws,
     same algorithm, tested equal to the reference up to float rounding; the record says which path ran); the
-    case hash is the same either way."""
-    opened = open_case(cfg, paths, device, progress, force, compile, fast)
+    case hash is the same either way. `same_machine`: a stored record made on another machine class is not reused
+    but replaced, and kept under other-machines/ (`intraq.reuse`)."""
+    opened = open_case(cfg, paths, device, progress, force, compile, fast, same_machine)
     if isinstance(opened, RunRecord):
         return opened
     return close_case(opened, opened.method.run(opened.ctx))
@@ -157,9 +162,11 @@ def open_case(
     force: bool = False,
     compile: bool = False,
     fast: str | None = None,
+    same_machine: bool = False,
 ) -> RunRecord | OpenCase:
     """The stored record when it is reusable; else the case's data, teacher and method context, ready to run
-    (a stored record of other data or another teacher is refused here, before any work)."""
+    (a stored record of other data or another teacher is refused here, before any work; with `same_machine`, one
+    of another machine class is not reusable)."""
     method = get_method(cfg.synth.method)
     paths = paths or RunPaths.default()
     device = device or pick_device()
@@ -174,17 +181,23 @@ def open_case(
     if stored is not None and stored.data_identity is not None:
         data = build_data(cfg.data)
         _refuse_other_data(stored, data.identity, out)
+    displaces = None
     if stored is not None and not force:
-        if _stored_result_is_current(stored, cfg, paths):
+        if not _stored_result_is_current(stored, cfg, paths):
+            made_with = stored.teacher.get("sha256")
+            raise UserInputError(
+                f"{out} holds a result made with teacher "
+                f"{'sha256 ' + str(made_with)[:12] if made_with else '(no sha256 recorded)'}, but the "
+                "teacher checkpoint there now differs: give this study its own profile name (profile = ... in a "
+                "--config file) or its own --results folder so the two never mix, or, to replace it, delete that "
+                "file (or pass --force to `intraq run`)"
+            )
+        here = this_machine_class(device) if same_machine else None
+        if here is None or machine_class(stored.machine) == here:
             return stored
-        made_with = stored.teacher.get("sha256")
-        raise UserInputError(
-            f"{out} holds a result made with teacher "
-            f"{'sha256 ' + str(made_with)[:12] if made_with else '(no sha256 recorded)'}, but the "
-            "teacher checkpoint there now differs: give this study its own profile name (profile = ... in a "
-            "--config file) or its own --results folder so the two never mix, or, to replace it, delete that file "
-            "(or pass --force to `intraq run`)"
-        )
+        displaces = machine_class(stored.machine)
+        print(f"{out.name}: the stored record ran on {displaces}, not this machine class ({here}): running it "
+              f"again here (--same-machine); the old record is kept under {OTHER_MACHINES}/", file=sys.stderr)
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     if stored is not None:
         _drop_stale_checkpoints(run_dir, stored)
@@ -205,7 +218,7 @@ def open_case(
         cfg=cfg, data=data, teacher=teacher, device=device, paths=paths, run_dir=run_dir,
         test_accuracy=test_accuracy, progress=progress, compile=compile, fast=fast_settings,
     )
-    return OpenCase(cfg, method, name, out, ctx, started, t0, seconds)
+    return OpenCase(cfg, method, name, out, ctx, started, t0, seconds, displaces)
 
 
 def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
@@ -226,6 +239,11 @@ def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
         intraq_bench_version=intraq.__version__, command=" ".join(sys.argv), history=outcome.history,
         extras=outcome.extras,
     )
+    if case.displaces is not None and case.out.exists():
+        from intraq.report.collect import figure_file
+
+        figures = figure_file(case.ctx.paths.results, cfg.profile, case.name, cfg.seed)
+        keep_displaced(case.out, case.displaces, [figures])
     write_result(record, case.out)
     for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
         remove_artifact(case.ctx.run_dir / checkpoint)
@@ -240,9 +258,10 @@ def run_case(
     force: bool = False,
     compile: bool = False,
     fast: str | None = None,
+    same_machine: bool = False,
 ) -> dict[str, Any]:
     """`run_case_record` as the record's JSON object (what bench cases and cell files read)."""
-    return run_case_record(cfg, paths, device, progress, force, compile, fast).to_dict()
+    return run_case_record(cfg, paths, device, progress, force, compile, fast, same_machine).to_dict()
 
 
 def with_seed(cfg: RunConfig, seed: int) -> RunConfig:

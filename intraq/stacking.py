@@ -71,11 +71,12 @@ def stack_groups(cfgs: Sequence[RunConfig], size: int, paths: RunPaths) -> list[
 
 def run_cases_stacked(
     cfgs: Sequence[RunConfig], paths: RunPaths, device: torch.device, fast: str = "auto", progress: bool = True,
-    compile: bool = False,
+    compile: bool = False, same_machine: bool = False,
 ) -> list[RunRecord]:
     """Run `cfgs` (one `stack_key`) with one stacked stage 2 on the fast path; their records, in order (stored
-    ones are reused and take no part). Stage 2 is the fast path's; fresh IntraQ sets of one setting are made
-    together on it, other sets as each case's method makes them (`fast` applies where it has a fast generation)."""
+    ones are reused and take no part; with `same_machine` only those of this machine class). Stage 2 is the fast
+    path's; fresh IntraQ sets of one setting are made together on it, other sets as each case's method makes them
+    (`fast` applies where it has a fast generation)."""
     if len({stack_key(cfg) for cfg in cfgs}) > 1 or any(stack_key(cfg) is None for cfg in cfgs):
         raise UserInputError("run_cases_stacked: these cases cannot share a stage 2 (other data, teacher, "
                              "quantization, image count or step shape, or a method without one); group them "
@@ -83,7 +84,7 @@ def run_cases_stacked(
     records: list[RunRecord | None] = []
     cases: list[tuple[int, OpenCase]] = []
     for cfg in cfgs:
-        opened = open_case(cfg, paths, device, progress, False, compile, fast)
+        opened = open_case(cfg, paths, device, progress, False, compile, fast, same_machine)
         records.append(opened if isinstance(opened, RunRecord) else None)
         if isinstance(opened, OpenCase):
             cases.append((len(records) - 1, opened))

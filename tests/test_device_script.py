@@ -193,3 +193,29 @@ def test_campaign_script_falls_back_to_one_case_at_a_time_when_stacking_fails(tm
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "stacked campaign failed (rc=1); one case at a time" in summary
     assert "real, best epoch" in summary and "1 stacked" in summary
+
+
+def test_campaign_script_reruns_a_record_of_another_machine_and_packs_both(tmp_path):
+    # what a lent GPU does with a CPU record of the same cell (claims compare cells on one machine class only)
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CAMPAIGN_SEEDS": "1",
+           "CAMPAIGN_SELECT": "comparison-real-"}
+    script = ["bash", str(ROOT / "bench/device/campaign.sh"), "--dry-run", str(tmp_path), "240"]
+    first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    [record] = (tmp_path / "dry-run-results" / "smoke").glob("*-seed0.json")
+    blob = json.loads(record.read_text())
+    blob["machine"] = {**blob["machine"], "device": "cuda:0", "gpu": "Imagined GPU", "torch": "0.0"}
+    record.write_text(json.dumps(blob))
+    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert json.loads(record.read_text())["machine"]["device"] == "cpu"
+    with tarfile.open(tmp_path / "campaign.tar.gz") as tar:
+        names = set(tar.getnames())
+    kept = f"smoke/other-machines/imagined-gpu-torch-0.0/{record.name}"
+    assert f"smoke/{record.name}" in names and kept in names
+    assert "another machine class, replaced by this class's run" in (tmp_path / "summary.txt").read_text()
+    blob = {**json.loads(record.read_text()), "machine": blob["machine"]}
+    record.write_text(json.dumps(blob))
+    reused = subprocess.run(script, env={**env, "CAMPAIGN_SAME_MACHINE": "0"}, capture_output=True, text=True,
+                            timeout=600)
+    assert reused.returncode == 0 and json.loads(record.read_text()) == blob  # opted out: any class is reused

@@ -17,6 +17,9 @@
 # CAMPAIGN_STACK=K (K > 1) runs them instead with `intraq campaign --stack K`: in one process, K cases that share
 # a stage 2 at a time, their KD fine-tuning stacked (vmap); CAMPAIGN_SELECT then lists cell names (table-key).
 # Should the stacked run fail, the time left runs one case at a time (fallback.txt, campaign-fallback.log).
+# A stored record of another machine class (a CPU run, another GPU) is run again here (`--same-machine`: claims
+# compare cells only on one class); the record it replaces comes back under <profile>/other-machines/.
+# CAMPAIGN_SAME_MACHINE=0 reuses every stored record instead.
 # Exit status: 0 when the runner passed (cases left pending by the deadline pass), else 1.
 set -uo pipefail
 
@@ -38,6 +41,7 @@ else
   ARGS=(--device cuda --fast auto --default-case-seconds "${CAMPAIGN_CASE_SECONDS:-420}" --publish
         --data-root "$DATA")
 fi
+[[ "${CAMPAIGN_SAME_MACHINE:-1}" != 0 ]] && ARGS+=(--same-machine)
 # pytest bench, one case at a time (CAMPAIGN_JOBS side by side); with CAMPAIGN_STACK it is the fallback
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider bench/test_tables.py)
 [[ $JOBS -gt 1 ]] && PYTEST+=(-n "$JOBS")
@@ -87,6 +91,9 @@ from pathlib import Path
 root = Path(sys.argv[1])
 for name in sys.argv[2:]:
     if "/cells/" in name or not name.endswith(".json"):
+        continue
+    if "/other-machines/" in name:
+        print(f"  {name}: a record of another machine class, replaced by this class's run (kept)")
         continue
     try:
         record = json.loads((root / name).read_text())

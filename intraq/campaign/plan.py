@@ -15,6 +15,7 @@ from typing import Any
 from intraq.campaign.estimate import Durations
 from intraq.campaign.state import read_failure, running_info
 from intraq.results import result_path
+from intraq.reuse import reusable
 from intraq.tables import Cell, all_tables, cell_config, jobs
 
 DONE, RUNNING, PENDING, FAILED = "done", "running", "pending", "failed"
@@ -69,10 +70,11 @@ def needed_cells(verdicts: dict[str, str]) -> set[str]:
 
 def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] = (),
                default_seconds: float | None = None, needed: set[str] | None = None,
-               device_type: str | None = None) -> list[PlannedCase]:
+               device_type: str | None = None, machine: str | None = None) -> list[PlannedCase]:
     """Every (case, seed) of the profile's tables in run order. `needed` (cell names) overrides the claim
     verdicts read from `results` (pytest-xdist passes the controller's to every worker); `device_type` ("cpu",
-    "cuda") estimates durations from the records of that kind of device only."""
+    "cuda") estimates durations from the records of that kind of device only; `machine` (a machine class, for
+    `--same-machine`): a record of another class leaves its case pending."""
     results = Path(results)
     cells = {cell.name: cell for table in all_tables() for cell in table.cells}
     needed = needed_cells(claim_verdicts(results, profile)) if needed is None else needed
@@ -84,7 +86,7 @@ def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] =
         estimate, source = durations.estimate(job.case, method)
         state, seconds, accuracy, error, running = PENDING, None, None, None, None
         record = result_path(results, profile, job.case, job.seed)
-        if record.exists():
+        if reusable(record, machine):
             state = DONE
             try:
                 stored = json.loads(record.read_text())

@@ -40,6 +40,7 @@ class CaseSettings:
     compile: bool = False
     default_seconds: float | None = None  # estimate for a case when the profile has no record yet
     fast: str | None = None  # capture mode of the fast path (intraq.fast), or None for the reference path
+    same_machine: bool = False  # a stored record of another machine class is run again here (intraq.reuse)
 
 
 @dataclass
@@ -84,6 +85,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     from intraq.pipeline import RunPaths, case_hash, run_case
     from intraq.report.collect import save_figure_data, write_cell_record
     from intraq.results import result_path
+    from intraq.reuse import reusable, this_machine_class
 
     tic = time.perf_counter()
     cfg = cell_config(cell, settings.profile, seed, list(settings.extra))
@@ -91,7 +93,8 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     case = case_hash(cfg)
     stored = result_path(paths.results, cfg.profile, case, seed)
     device = device or pick_device(settings.device)
-    if deadline is not None and not stored.exists():
+    machine = this_machine_class(device) if settings.same_machine else None
+    if deadline is not None and not reusable(stored, machine):
         if estimate is None:
             durations = Durations.from_records(paths.results, cfg.profile, settings.default_seconds, device.type)
             estimate, _ = durations.estimate(case, cfg.synth.method)
@@ -100,9 +103,10 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
             raise DeadlineReached(f"{case}-seed{seed} stays pending: its estimated {estimate:.0f} s do not fit "
                                   f"in the {max(left, 0):.0f} s left before the deadline")
     with case_lock(paths.results, cfg.profile, case, seed):
-        reused = stored.exists()  # checked under the lock: a run that held it may just have written it
+        reused = reusable(stored, machine)  # checked under the lock: a run that held it may just have written it
         try:
-            record = run_case(cfg, paths, device, progress=progress, compile=settings.compile, fast=settings.fast)
+            record = run_case(cfg, paths, device, progress=progress, compile=settings.compile, fast=settings.fast,
+                              same_machine=settings.same_machine)
             if cell.figures:
                 save_figure_data(cfg, cell, paths.results, settings.artifacts, device)
         except BaseException as exc:

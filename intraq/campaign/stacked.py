@@ -70,7 +70,8 @@ def _run_group(group: list, members: list[PlannedCase], paths: RunPaths, setting
         for p in members:
             locks.enter_context(case_lock(settings.results, settings.profile, p.case, p.seed))
         try:
-            records = run_cases_stacked(group, paths, device, settings.fast or "auto", progress, settings.compile)
+            records = run_cases_stacked(group, paths, device, settings.fast or "auto", progress, settings.compile,
+                                        settings.same_machine)
         except Exception as exc:  # noqa: BLE001 - kept for `intraq status`; the campaign goes on
             for p in members:
                 record_failure(settings.results, settings.profile, p.case, p.seed, exc)

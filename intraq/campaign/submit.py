@@ -21,8 +21,10 @@ from intraq.artifacts import artifacts_root
 from intraq.campaign.plan import FAILED, PENDING, RUNNING, PlannedCase, plan_cases
 from intraq.campaign.run import CaseSettings, check_results_version, run_jobs
 from intraq.campaign.state import record_failure
+from intraq.device import pick_device
 from intraq.errors import UserInputError
 from intraq.results import result_path
+from intraq.reuse import reusable, this_machine_class
 
 EXECUTORS = ("local", "slurm")
 
@@ -103,6 +105,11 @@ def _executor(options: CampaignOptions, folder: Path, settings: CaseSettings):  
     return executor
 
 
+def required_class(settings: CaseSettings) -> str | None:
+    """The machine class a stored record must have to count as done (`--same-machine`), or None (any)."""
+    return this_machine_class(pick_device(settings.device)) if settings.same_machine else None
+
+
 def _batches(todo: list[PlannedCase], size: int) -> list[list[PlannedCase]]:
     return [todo[i:i + max(1, size)] for i in range(0, len(todo), max(1, size))]
 
@@ -119,7 +126,7 @@ def _collect(job, batch: list[PlannedCase], settings: CaseSettings) -> list[dict
     except Exception as exc:  # noqa: BLE001 - submitit re-raises whatever ended the job
         out = []
         for p in batch:
-            if result_path(settings.results, settings.profile, p.case, p.seed).exists():
+            if reusable(result_path(settings.results, settings.profile, p.case, p.seed), required_class(settings)):
                 out.append({"case": p.case, "seed": p.seed, "state": "done", "reused": False})
                 continue
             error = RuntimeError(f"submitit job {job.job_id} ended without a result: "
@@ -136,6 +143,10 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
         raise UserInputError(f"unknown executor {options.executor!r}; known: {', '.join(EXECUTORS)}")
     if options.jobs_per_gpu < 1:
         raise UserInputError(f"--jobs-per-gpu {options.jobs_per_gpu} must be at least 1")
+    if settings.same_machine and options.executor == "slurm":
+        raise UserInputError("--same-machine needs to know the machine the cases run on, which a Slurm job only "
+                             "learns on its node: run `intraq campaign --same-machine` (or --stack K) inside one "
+                             "job instead")
     check_results_version(settings.results, settings.profile)
     on_gpu = settings.device != "cpu" and bool(options.gpus_per_job or options.slurm_gres)
     todo, report = plan_selection(settings, options, "cuda" if on_gpu else "cpu", say)
@@ -189,7 +200,7 @@ def plan_selection(settings: CaseSettings, options: CampaignOptions, device_type
     """The cases to run (claim order, `only`, `retry_failed`) and a report naming those left out; a deadline
     shorter than every one of them is an error, before anything runs."""
     planned = plan_cases(settings.profile, options.seeds, settings.results, settings.extra,
-                         settings.default_seconds, device_type=device_type)
+                         settings.default_seconds, device_type=device_type, machine=required_class(settings))
     if options.only:
         known = {p.case for p in planned} | {c.name for p in planned for c in p.cells}
         unknown = [o for o in options.only if o not in known]

@@ -1,0 +1,120 @@
+"""`--same-machine`: a stored record of another machine class is run again here and the old one kept aside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from intraq.campaign import CaseSettings, plan_cases, run_cell
+from intraq.campaign.plan import DONE, PENDING
+from intraq.campaign.submit import CampaignOptions, launch_campaign
+from intraq.claims import machine_class
+from intraq.errors import UserInputError
+from intraq.reuse import OTHER_MACHINES, class_folder_name, keep_displaced, reusable, this_machine_class
+from intraq.tables import get_table
+
+ELSEWHERE = {"device": "cuda:0", "gpu": "Imagined GPU 9000", "torch": "9.9.9"}
+
+
+def _move_to_another_machine(record_file: Path) -> dict:
+    blob = json.loads(record_file.read_text())
+    blob["machine"] = {**blob["machine"], **ELSEWHERE}
+    record_file.write_text(json.dumps(blob))
+    return blob
+
+
+def test_reusable_counts_only_this_class_when_asked(tmp_path: Path) -> None:
+    here = this_machine_class("cpu")
+    record = tmp_path / "abc-seed0.json"
+    assert not reusable(record, None) and not reusable(record, here)  # absent
+    record.write_text(json.dumps({"machine": {"device": "cpu", "torch": "x"}}))
+    assert reusable(record, None)
+    assert reusable(record, machine_class({"device": "cpu", "torch": "x"}))
+    assert not reusable(record, here)
+    record.write_text("{not json")
+    assert reusable(record, here)  # unreadable: counted done, its run refuses it with the fix (never rerun blindly)
+    assert class_folder_name("NVIDIA H200, torch 2.11.0+cu130") == "nvidia-h200-torch-2.11.0-cu130"
+
+
+def test_keep_displaced_never_overwrites_another_copy(tmp_path: Path) -> None:
+    record, figures = tmp_path / "p" / "abc-seed0.json", tmp_path / "p" / "figures-data" / "abc-seed0.npz"
+    figures.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"n": 1}))
+    figures.write_bytes(b"npz")
+    first = keep_displaced(record, "GPU A, torch 1", [figures])
+    assert first == tmp_path / "p" / OTHER_MACHINES / "gpu-a-torch-1" / "abc-seed0.json"
+    assert json.loads(first.read_text()) == {"n": 1} and record.exists()  # a copy: the record stays until replaced
+    assert not figures.exists() and first.with_name("abc-seed0-figures-data.npz").read_bytes() == b"npz"
+    assert keep_displaced(record, "GPU A, torch 1") == first  # the same record again: same copy
+    record.write_text(json.dumps({"n": 2}))
+    second = keep_displaced(record, "GPU A, torch 1")
+    assert second.name == "abc-seed0-2.json" and json.loads(first.read_text()) == {"n": 1}
+
+
+@pytest.mark.slow
+def test_same_machine_reruns_a_record_of_another_class_and_keeps_it(tmp_path: Path, tiny_overrides) -> None:
+    settings = CaseSettings("smoke", tmp_path / "results", tmp_path / "artifacts", tuple(tiny_overrides))
+    cell = get_table("comparison").cell("squant")
+    first = run_cell(cell, 0, settings)
+    record_file = settings.results / "smoke" / f"{first.record['case']}-seed0.json"
+    elsewhere = _move_to_another_machine(record_file)
+    planned = {p.case: p for p in plan_cases("smoke", 1, settings.results, settings.extra)}
+    assert planned[first.record["case"]].state == DONE  # by default any class counts
+    assert run_cell(cell, 0, settings).reused
+    here = this_machine_class("cpu")
+    planned = {p.case: p for p in plan_cases("smoke", 1, settings.results, settings.extra, machine=here)}
+    assert planned[first.record["case"]].state == PENDING
+
+    same = CaseSettings(**{**settings.__dict__, "same_machine": True})
+    again = run_cell(cell, 0, same)
+    assert not again.reused and machine_class(again.record["machine"]) == here
+    assert again.record["started"] != elsewhere["started"]
+    kept = settings.results / "smoke" / OTHER_MACHINES / class_folder_name(machine_class(ELSEWHERE))
+    assert json.loads((kept / record_file.name).read_text()) == elsewhere
+    cell_file = json.loads((settings.results / "smoke" / "cells" / "comparison--squant-seed0.json").read_text())
+    assert cell_file["machine"] == again.record["machine"]  # the cell now points at this class's run
+    assert run_cell(cell, 0, same).reused  # this class's record is reused from now on
+    planned = {p.case: p for p in plan_cases("smoke", 1, settings.results, settings.extra, machine=here)}
+    assert planned[first.record["case"]].state == DONE
+
+
+def test_same_machine_is_refused_with_slurm(tmp_path: Path) -> None:
+    settings = CaseSettings("smoke", tmp_path / "results", same_machine=True)
+    with pytest.raises(UserInputError, match="inside one job"):
+        launch_campaign(settings, CampaignOptions(executor="slurm", seeds=1))
+
+
+def test_the_option_is_on_run_and_campaign(capsys) -> None:
+    from intraq.cli import main
+
+    assert main(["run", "--profile", "smoke", "--same-machine", "--print-config"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ended:
+        main(["campaign", "--help"])
+    assert ended.value.code == 0 and "--same-machine" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_same_machine_reruns_the_cell_of_another_class(tmp_path: Path, tiny_overrides) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    settings = CaseSettings("smoke", tmp_path / "results", tmp_path / "artifacts", tuple(tiny_overrides))
+    first = run_cell(get_table("comparison").cell("squant"), 0, settings)
+    record_file = settings.results / "smoke" / f"{first.record['case']}-seed0.json"
+    _move_to_another_machine(record_file)
+    sets = [arg for o in tiny_overrides for arg in ("--set", o)]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", str(repo / "bench" / "test_tables.py"), "-q", "-p", "no:cacheprovider",
+         "--profile", "smoke", "--seeds", "1", "--results", str(settings.results), "--artifacts",
+         str(settings.artifacts), "--device", "cpu", "-k", "comparison-squant-", "--same-machine", *sets],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert machine_class(json.loads(record_file.read_text())["machine"]) == this_machine_class("cpu")
+    assert list((settings.results / "smoke" / OTHER_MACHINES).rglob(record_file.name))
