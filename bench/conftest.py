@@ -166,11 +166,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _plan(opts: BenchOptions, needed: set[str] | None) -> list[PlannedCase]:
     from intraq.device import pick_device
-    from intraq.reuse import this_machine_class
+    from intraq.reuse import required_class
 
     device = pick_device(opts.device)
     return plan_cases(opts.profile, opts.seeds, opts.results, opts.extra, opts.default_seconds, needed, device.type,
-                      this_machine_class(device) if opts.same_machine else None)
+                      required_class(device, opts.same_machine))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

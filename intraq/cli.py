@@ -426,7 +426,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     get_profile(args.profile)
     settings = _case_settings(args)
     check_results_version(settings.results, settings.profile)
-    print(status_text(args.profile, args.seeds, settings.results, settings.extra, args.default_case_seconds))
+    from intraq.device import pick_device
+    from intraq.reuse import required_class
+
+    machine = required_class(pick_device(args.device), args.same_machine)
+    print(status_text(args.profile, args.seeds, settings.results, settings.extra, args.default_case_seconds, machine))
     return 0
 
 
@@ -542,6 +546,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="claims x cells x seeds of a profile: done, running, pending, failed")
     _cases_options(p)
+    p.add_argument("--device", default="auto", help="with --same-machine: the device whose class counts")
+    _same_machine_option(p)
     p.set_defaults(func=cmd_status)
     return parser
 

@@ -21,7 +21,6 @@ from torch import nn
 
 import intraq
 from intraq.artifacts import artifacts_root, load_torch, remove_artifact
-from intraq.claims import machine_class
 from intraq.config import RunConfig, config_hash, to_dict
 from intraq.data import build_data
 from intraq.device import pick_device
@@ -48,7 +47,7 @@ from intraq.results import (
     result_path,
     write_result,
 )
-from intraq.reuse import OTHER_MACHINES, keep_displaced, this_machine_class
+from intraq.reuse import OTHER_MACHINES, class_folder_name, displaced_class, keep_displaced, required_class
 from intraq.teacher.load import get_teacher
 
 
@@ -182,7 +181,13 @@ def open_case(
         data = build_data(cfg.data)
         _refuse_other_data(stored, data.identity, out)
     displaces = None
-    if stored is not None and not force:
+    if stored is not None:
+        displaces = displaced_class(stored.machine, required_class(device, same_machine))
+        if displaces is not None:
+            print(f"{out.name}: the stored record ran on {displaces}, not on this machine class: running it again "
+                  f"here (--same-machine); once this run finishes, the old record is kept under "
+                  f"{OTHER_MACHINES}/{class_folder_name(displaces)}/", file=sys.stderr)
+    if stored is not None and not force and displaces is None:
         if not _stored_result_is_current(stored, cfg, paths):
             made_with = stored.teacher.get("sha256")
             raise UserInputError(
@@ -192,12 +197,7 @@ def open_case(
                 "--config file) or its own --results folder so the two never mix, or, to replace it, delete that "
                 "file (or pass --force to `intraq run`)"
             )
-        here = this_machine_class(device) if same_machine else None
-        if here is None or machine_class(stored.machine) == here:
-            return stored
-        displaces = machine_class(stored.machine)
-        print(f"{out.name}: the stored record ran on {displaces}, not this machine class ({here}): running it "
-              f"again here (--same-machine); the old record is kept under {OTHER_MACHINES}/", file=sys.stderr)
+        return stored
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     if stored is not None:
         _drop_stale_checkpoints(run_dir, stored)

@@ -28,13 +28,16 @@ def this_machine_class(device: torch.device | str = "cpu") -> str:
     return machine_class(machine_info(device))
 
 
-def stored_machine_class(path: Path) -> str | None:
-    """The machine class of a stored record, or None when it cannot be read (the run's own checks name why)."""
-    try:
-        blob = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return machine_class(blob.get("machine")) if isinstance(blob, dict) else None
+def required_class(device: torch.device | str, same_machine: bool) -> str | None:
+    """The machine class a stored record must have to be reused by a run on `device`: this one's with
+    `--same-machine`, else None (any)."""
+    return this_machine_class(device) if same_machine else None
+
+
+def displaced_class(stored_machine: dict | None, required: str | None) -> str | None:
+    """The class of a stored record that a run requiring `required` does not reuse (None: it is reusable)."""
+    stored = machine_class(stored_machine)
+    return None if required is None or stored == required else stored
 
 
 def reusable(path: Path, machine: str | None) -> bool:
@@ -45,8 +48,11 @@ def reusable(path: Path, machine: str | None) -> bool:
         return False
     if machine is None:
         return True
-    stored = stored_machine_class(path)
-    return stored is None or stored == machine
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(blob, dict) or displaced_class(blob.get("machine"), machine) is None
 
 
 def class_folder_name(machine: str) -> str:
@@ -64,7 +70,7 @@ def keep_displaced(path: Path, machine: str, companions: Sequence[Path] = ()) ->
     folder = path.parent / OTHER_MACHINES / class_folder_name(machine)
     target, n = folder / path.name, 1
     content = json.loads(path.read_text())
-    while target.exists() and json.loads(target.read_text()) != content:
+    while target.exists() and _read_or_none(target) != content:  # an unreadable copy is another one: kept too
         n += 1
         target = folder / f"{path.stem}-{n}{path.suffix}"
     save_json(content, target)
@@ -74,3 +80,10 @@ def keep_displaced(path: Path, machine: str, companions: Sequence[Path] = ()) ->
             os.replace(companion, moved)
             os.utime(moved)  # moved now: whoever collects what a run wrote (find -newer) takes it along
     return target
+
+
+def _read_or_none(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

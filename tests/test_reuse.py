@@ -118,3 +118,73 @@ def test_bench_same_machine_reruns_the_cell_of_another_class(tmp_path: Path, tin
     assert out.returncode == 0, out.stdout + out.stderr
     assert machine_class(json.loads(record_file.read_text())["machine"]) == this_machine_class("cpu")
     assert list((settings.results / "smoke" / OTHER_MACHINES).rglob(record_file.name))
+
+
+@pytest.mark.slow
+def test_figure_data_follows_the_record_it_was_made_with(tmp_path: Path, tiny_overrides) -> None:
+    """A figures cell re-run on this class: the old figure data goes with the old record, the new run's is
+    stamped with its record, and a report leaves out figure data of another run than the record's."""
+    from intraq.report.collect import figure_file
+    from intraq.report.load import load_figure_data, load_results
+
+    settings = CaseSettings("smoke", tmp_path / "results", tmp_path / "artifacts", tuple(tiny_overrides))
+    cell = get_table("mdc_vs_adi").cell("mdc")
+    first = run_cell(cell, 0, settings)
+    case = first.record["case"]
+    figures = figure_file(settings.results, "smoke", case, 0)
+    assert load_figure_data(figures).meta["record_started"] == first.record["started"]
+    _move_to_another_machine(settings.results / "smoke" / f"{case}-seed0.json")
+    again = run_cell(cell, 0, CaseSettings(**{**settings.__dict__, "same_machine": True}))
+    assert not again.reused and load_figure_data(figures).meta["record_started"] == again.record["started"]
+    [kept] = (settings.results / "smoke" / OTHER_MACHINES).rglob("*-figures-data.npz")
+    assert load_figure_data(kept).meta["record_started"] == first.record["started"]
+    assert f"{case}-seed0" in load_results(settings.results, "smoke").figures
+    figures.write_bytes(kept.read_bytes())  # the old run's figure data beside the new record: left out
+    assert f"{case}-seed0" not in load_results(settings.results, "smoke").figures
+
+
+@pytest.mark.slow
+def test_force_with_same_machine_still_keeps_the_other_record(tmp_path: Path, tiny_overrides) -> None:
+    from intraq.config import apply_overrides
+    from intraq.pipeline import RunPaths, run_case
+    from intraq.profiles import get_profile
+
+    cfg = apply_overrides(get_profile("smoke"), ["synth.method=squant", *tiny_overrides])
+    paths = RunPaths(tmp_path / "artifacts", tmp_path / "results")
+    first = run_case(cfg, paths, progress=False)
+    record_file = tmp_path / "results" / "smoke" / f"{first['case']}-seed0.json"
+    elsewhere = _move_to_another_machine(record_file)
+    run_case(cfg, paths, progress=False, force=True, same_machine=True)
+    [kept] = (tmp_path / "results" / "smoke" / OTHER_MACHINES).rglob(record_file.name)
+    assert json.loads(kept.read_text()) == elsewhere
+
+
+def test_campaign_selection_counts_only_this_class_with_same_machine(tmp_path: Path) -> None:
+    from intraq.campaign.submit import plan_selection
+
+    settings = CaseSettings("smoke", tmp_path / "results", same_machine=False)
+    options = CampaignOptions(executor="local", seeds=1, only=("comparison-squant",))
+    [planned] = plan_selection(settings, options, "cpu", lambda _: None)[0]
+    record = settings.results / "smoke" / f"{planned.case}-seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"machine": ELSEWHERE, "seconds": {"total": 1.0}, "accuracy": {}}))
+    assert plan_selection(settings, options, "cpu", lambda _: None)[0] == []  # done, by any class
+    same = CaseSettings("smoke", settings.results, same_machine=True)
+    assert [p.case for p in plan_selection(same, options, "cpu", lambda _: None)[0]] == [planned.case]
+
+
+def test_status_shows_a_record_of_another_class_as_pending_with_same_machine(tmp_path: Path, capsys) -> None:
+    from intraq.cli import main
+
+    results = tmp_path / "results"
+    [planned] = [p for p in plan_cases("smoke", 1, results) if any(c.name == "comparison-squant" for c in p.cells)]
+    record = results / "smoke" / f"{planned.case}-seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"machine": ELSEWHERE, "seconds": {"total": 1.0}, "accuracy": {"best_epoch": 50.0}}))
+
+    def squant_row(*extra: str) -> str:
+        assert main(["status", "--profile", "smoke", "--seeds", "1", "--results", str(results), *extra]) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if planned.case in line)
+
+    assert "done 50.00" in squant_row()
+    assert "pending" in squant_row("--same-machine", "--device", "cpu")

@@ -85,7 +85,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     from intraq.pipeline import RunPaths, case_hash, run_case
     from intraq.report.collect import save_figure_data, write_cell_record
     from intraq.results import result_path
-    from intraq.reuse import reusable, this_machine_class
+    from intraq.reuse import required_class, reusable
 
     tic = time.perf_counter()
     cfg = cell_config(cell, settings.profile, seed, list(settings.extra))
@@ -93,7 +93,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     case = case_hash(cfg)
     stored = result_path(paths.results, cfg.profile, case, seed)
     device = device or pick_device(settings.device)
-    machine = this_machine_class(device) if settings.same_machine else None
+    machine = required_class(device, settings.same_machine)
     if deadline is not None and not reusable(stored, machine):
         if estimate is None:
             durations = Durations.from_records(paths.results, cfg.profile, settings.default_seconds, device.type)
@@ -108,7 +108,8 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
             record = run_case(cfg, paths, device, progress=progress, compile=settings.compile, fast=settings.fast,
                               same_machine=settings.same_machine)
             if cell.figures:
-                save_figure_data(cfg, cell, paths.results, settings.artifacts, device)
+                save_figure_data(cfg, cell, paths.results, settings.artifacts, device, force=not reused,
+                                 record_started=record["started"])
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
                 record_failure(paths.results, cfg.profile, case, seed, exc)

@@ -26,9 +26,10 @@ def _state_text(p: PlannedCase | None) -> str:
 
 
 def status_text(profile: str, seeds: int, results: Path, extra: tuple[str, ...] = (),
-                default_seconds: float | None = None) -> str:
-    """The status table and totals as text (what `intraq status` prints)."""
-    planned = plan_cases(profile, seeds, results, extra, default_seconds)
+                default_seconds: float | None = None, machine: str | None = None) -> str:
+    """The status table and totals as text (what `intraq status` prints); with `machine` (a machine class, for
+    `--same-machine`) a record of another class shows as pending, as a campaign with that option sees it."""
+    planned = plan_cases(profile, seeds, results, extra, default_seconds, machine=machine)
     verdicts = claim_verdicts(results, profile)
     by_cell = {(c.name, p.seed): p for p in planned for c in p.cells}
     seed_cols = [f"seed {s}" for s in range(seeds)]

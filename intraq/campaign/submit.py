@@ -24,7 +24,7 @@ from intraq.campaign.state import record_failure
 from intraq.device import pick_device
 from intraq.errors import UserInputError
 from intraq.results import result_path
-from intraq.reuse import reusable, this_machine_class
+from intraq.reuse import required_class, reusable
 
 EXECUTORS = ("local", "slurm")
 
@@ -105,9 +105,11 @@ def _executor(options: CampaignOptions, folder: Path, settings: CaseSettings):  
     return executor
 
 
-def required_class(settings: CaseSettings) -> str | None:
-    """The machine class a stored record must have to count as done (`--same-machine`), or None (any)."""
-    return this_machine_class(pick_device(settings.device)) if settings.same_machine else None
+def _jobs_class(settings: CaseSettings, device_type: str) -> str | None:
+    """The machine class the jobs' records get, required of stored ones with `--same-machine` (else None)."""
+    if not settings.same_machine:
+        return None
+    return required_class(pick_device(settings.device) if device_type == "cuda" else "cpu", True)
 
 
 def _batches(todo: list[PlannedCase], size: int) -> list[list[PlannedCase]]:
@@ -119,14 +121,16 @@ def _args(batch: list[PlannedCase], settings: CaseSettings, deadline: float | No
     return jobs, settings, deadline, per_gpu, [p.estimate for p in batch]
 
 
-def _collect(job, batch: list[PlannedCase], settings: CaseSettings) -> list[dict[str, Any]]:  # noqa: ANN001
-    """A job's outcomes; a job that died (time limit, node failure) marks its unfinished cases failed."""
+def _collect(job, batch: list[PlannedCase], settings: CaseSettings,  # noqa: ANN001 - a submitit job
+             machine: str | None) -> list[dict[str, Any]]:
+    """A job's outcomes; a job that died (time limit, node failure) marks its unfinished cases failed (a record of
+    another machine class than `machine`, with `--same-machine`, is not this job's)."""
     try:
         return list(job.result())
     except Exception as exc:  # noqa: BLE001 - submitit re-raises whatever ended the job
         out = []
         for p in batch:
-            if reusable(result_path(settings.results, settings.profile, p.case, p.seed), required_class(settings)):
+            if reusable(result_path(settings.results, settings.profile, p.case, p.seed), machine):
                 out.append({"case": p.case, "seed": p.seed, "state": "done", "reused": False})
                 continue
             error = RuntimeError(f"submitit job {job.job_id} ended without a result: "
@@ -149,7 +153,9 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
                              "job instead")
     check_results_version(settings.results, settings.profile)
     on_gpu = settings.device != "cpu" and bool(options.gpus_per_job or options.slurm_gres)
-    todo, report = plan_selection(settings, options, "cuda" if on_gpu else "cpu", say)
+    device_type = "cuda" if on_gpu else "cpu"  # what the jobs get (submitit hides GPUs from a job without one)
+    todo, report = plan_selection(settings, options, device_type, say)
+    machine = _jobs_class(settings, device_type)
     if not todo:
         return report
     folder = Path(options.logs or artifacts_root(settings.artifacts) / "campaign" / settings.profile)
@@ -166,7 +172,7 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
         if options.wait:
             for job, batch in zip(jobs, batches, strict=True):
                 _wait(job, options.poll_seconds)
-                for o in _collect(job, batch, settings):
+                for o in _collect(job, batch, settings, machine):
                     report.outcomes.append(o)
                     say(_line(o))
         return report
@@ -189,7 +195,7 @@ def launch_campaign(settings: CaseSettings, options: CampaignOptions,
         time.sleep(options.poll_seconds if running else 0)
         for job, batch in [r for r in running if r[0].done()]:
             running.remove((job, batch))
-            for o in _collect(job, batch, settings):
+            for o in _collect(job, batch, settings, machine):
                 report.outcomes.append(o)
                 say(_line(o))
     return report
@@ -200,7 +206,8 @@ def plan_selection(settings: CaseSettings, options: CampaignOptions, device_type
     """The cases to run (claim order, `only`, `retry_failed`) and a report naming those left out; a deadline
     shorter than every one of them is an error, before anything runs."""
     planned = plan_cases(settings.profile, options.seeds, settings.results, settings.extra,
-                         settings.default_seconds, device_type=device_type, machine=required_class(settings))
+                         settings.default_seconds, device_type=device_type,
+                         machine=_jobs_class(settings, device_type))
     if options.only:
         known = {p.case for p in planned} | {c.name for p in planned for c in p.cells}
         unknown = [o for o in options.only if o not in known]

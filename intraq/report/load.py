@@ -103,6 +103,20 @@ def load_figure_data(path: Path) -> FigureData:
         )
 
 
+def _figure_of_current_run(data: FigureData, folder: Path) -> bool:
+    """Figure data stamped with another run's start than the case's record (a re-run whose figure data did not
+    follow, e.g. cut short between the two) is left out rather than shown beside the wrong record; unstamped
+    (older) data is kept."""
+    stamp = data.meta.get("record_started")
+    record = folder / f"{data.case}-seed{data.seed}.json"
+    if not stamp or not record.exists():
+        return True
+    try:
+        return json.loads(record.read_text()).get("started") == stamp
+    except (OSError, ValueError):
+        return True
+
+
 def load_results(results: str | Path, profile: str) -> BenchResults:
     """Read the cell files (and figure data) of `profile`; fails with a hint when there are none."""
     results = Path(results)
@@ -121,7 +135,8 @@ def load_results(results: str | Path, profile: str) -> BenchResults:
     if fig_folder.exists():
         for path in sorted(fig_folder.glob("*.npz")):
             data = load_figure_data(path)
-            figures[f"{data.case}-seed{data.seed}"] = data
+            if _figure_of_current_run(data, results / profile):
+                figures[f"{data.case}-seed{data.seed}"] = data
     return BenchResults(profile=profile, results_dir=results, rows=rows, figures=figures)
 
 
