@@ -212,6 +212,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         record.started, record.finished, record.seconds)
     if reused:
         print(_reuse_line(stored_file, record.to_dict()))
+    elif stored_file.exists():
+        from intraq.report.collect import refresh_cell_files
+
+        for path in refresh_cell_files(cfg, record.to_dict(), results):  # cells that showed the run it replaced
+            print(f"cell file rewritten for this run: {path}")
     acc = record.accuracy
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     print(f"case {case_hash(cfg)} seed {cfg.seed} ({cfg.profile}, {cfg.synth.method}, {bits})")

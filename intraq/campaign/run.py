@@ -83,7 +83,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     `estimate` (default: from the profile's records) would take it past the deadline: DeadlineReached."""
     from intraq.device import pick_device
     from intraq.pipeline import RunPaths, case_hash, run_case
-    from intraq.report.collect import save_figure_data, write_cell_record
+    from intraq.report.collect import refresh_cell_files, save_figure_data, write_cell_record
     from intraq.results import result_path
     from intraq.reuse import required_class, reusable
 
@@ -115,6 +115,8 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
                 record_failure(paths.results, cfg.profile, case, seed, exc)
             raise
         clear_failure(paths.results, cfg.profile, case, seed)
+    if not reused:  # the case ran now: the other tables' cells that show it must not keep the run it replaced
+        refresh_cell_files(cfg, record, paths.results)
     written = write_cell_record(cell, cfg, record, paths.results)
     return CellOutcome(cell, record, reused, written, time.perf_counter() - tic)
 

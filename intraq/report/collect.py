@@ -99,6 +99,27 @@ def write_cell_record(cell: Cell, cfg: RunConfig, record: dict[str, Any], result
     return out
 
 
+def refresh_cell_files(cfg: RunConfig, record: dict[str, Any], results: Path) -> list[Path]:
+    """Rewrite every cell file of `cfg`'s profile and seed that shows the case of `record` (a case is shared by the
+    cells of several tables), after the case ran again (--force, --same-machine): none keeps the accuracy and
+    machine of the run it replaced while pointing at the new record."""
+    from intraq.tables import all_tables
+
+    cells = {(c.table, c.key): c for t in all_tables() for c in t.cells}
+    name, written = f"{record['case']}-seed{record['seed']}.json", []
+    folder = cells_dir(results, cfg.profile)
+    for path in sorted(folder.glob(f"*-seed{cfg.seed}.json")) if folder.exists() else []:
+        try:
+            blob = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # the report names unreadable cell files
+        cell = cells.get((blob.get("table"), blob.get("cell")))
+        if cell is not None and blob.get("result_file") == name and blob.get("seed") == cfg.seed:
+            write_cell_record(cell, cfg, record, results)
+            written.append(path)
+    return written
+
+
 def _display_uint8(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Denormalize, clip to [0, 1] and shrink to ≤ 64 px for display only (training never sees these, T7)."""
     m = torch.tensor(mean).view(1, -1, 1, 1)
