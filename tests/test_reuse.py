@@ -138,7 +138,7 @@ def test_figure_data_follows_the_record_it_was_made_with(tmp_path: Path, tiny_ov
     again = run_cell(cell, 0, CaseSettings(**{**settings.__dict__, "same_machine": True}))
     assert not again.reused and load_figure_data(figures).meta["record_started"] == again.record["started"]
     other_table = json.loads((settings.results / "smoke" / "cells" / "main_cifar10--w4a4-seed0.json").read_text())
-    assert other_table["machine"] == again.record["machine"]  # not the replaced run's, though not run by name
+    assert other_table["seconds"] == again.record["seconds"]  # the new run, though that cell was not run by name
     [kept] = (settings.results / "smoke" / OTHER_MACHINES).rglob("*-figures-data.npz")
     assert load_figure_data(kept).meta["record_started"] == first.record["started"]
     assert f"{case}-seed0" in load_results(settings.results, "smoke").figures
