@@ -43,10 +43,13 @@ SHORT = SynthConfig(num_images=48, batch_size=16, iterations=2, lor="none")
 
 
 def assert_close_but_for_flat_pixels(a, b):
-    """As tests/test_fast_path.py: all but a few pixels (those with a ~0 gradient) agree to float rounding."""
+    """As tests/test_fast_path.py: all but a few pixels (those with a ~0 gradient) agree to float rounding. How
+    many flip depends on the CPU's kernels: on a 2-core Intel Xeon AVX-512 (2026-11-30) 1.22% of pixels differ by
+    more than 1e-4 (0.14% by more than 1e-3; max 0.034, mean 1.9e-5), and the reference itself in channels-last
+    against contiguous layout differs in 0.20%; earlier CPUs stayed under 1%. Hence 2%, with max and mean bounds."""
     diff = (a - b).abs()
     assert float(diff.max()) < 5e-2 and float(diff.mean()) < 1e-4
-    assert float((diff > 1e-4).float().mean()) < 1e-2
+    assert float((diff > 1e-4).float().mean()) < 2e-2
 
 
 def fast_sets(teacher, seeds, cfg=None):

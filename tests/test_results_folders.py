@@ -36,7 +36,8 @@ def test_bench_writes_local_results_unless_published(monkeypatch):
         def __init__(self, **options):
             self.options = {"profile": "smoke", "seeds": 1, "results": None, "publish": False, "artifacts": None,
                             "data_root": None, "device": "cpu", "threads": 1, "compile": False,
-                            "bench_overrides": [], "default_case_seconds": None, "fast": None, **options}
+                            "bench_overrides": [], "default_case_seconds": None, "fast": None,
+                                "same_machine": False, **options}
             self.stash: dict = {}
 
         def getoption(self, name):
