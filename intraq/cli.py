@@ -212,10 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         record.started, record.finished, record.seconds)
     if reused:
         print(_reuse_line(stored_file, record.to_dict()))
-    elif stored_file.exists():
+    else:  # ran now (its record is written): cells that showed the run it replaced must show this one
         from intraq.report.collect import refresh_cell_files
 
-        for path in refresh_cell_files(cfg, record.to_dict(), results):  # cells that showed the run it replaced
+        for path in refresh_cell_files(cfg, record.to_dict(), results):
             print(f"cell file rewritten for this run: {path}")
     acc = record.accuracy
     bits = f"W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"

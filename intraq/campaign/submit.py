@@ -107,9 +107,7 @@ def _executor(options: CampaignOptions, folder: Path, settings: CaseSettings):  
 
 def _jobs_class(settings: CaseSettings, device_type: str) -> str | None:
     """The machine class the jobs' records get, required of stored ones with `--same-machine` (else None)."""
-    if not settings.same_machine:
-        return None
-    return required_class(pick_device(settings.device) if device_type == "cuda" else "cpu", True)
+    return required_class(pick_device(settings.device) if device_type == "cuda" else "cpu", settings.same_machine)
 
 
 def _batches(todo: list[PlannedCase], size: int) -> list[list[PlannedCase]]:
