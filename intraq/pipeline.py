@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from intraq.results import (
     write_result,
 )
 from intraq.reuse import OTHER_MACHINES, class_folder_name, displaced_class, keep_displaced, required_class
+from intraq.sitting_wall import drop_before, earlier_seconds, forget, note_sitting
 from intraq.teacher.load import get_teacher
 
 
@@ -128,6 +131,7 @@ class OpenCase:
     t0: float  # perf_counter at the start of its work
     seconds: dict[str, float]
     displaces: str | None = None  # machine class of a stored record this run replaces (`same_machine`), kept aside
+    closed: bool = False  # its record is written
 
 
 def run_case_record(
@@ -150,7 +154,21 @@ def run_case_record(
     opened = open_case(cfg, paths, device, progress, force, compile, fast, same_machine)
     if isinstance(opened, RunRecord):
         return opened
-    return close_case(opened, opened.method.run(opened.ctx))
+    with sittings_noted([opened]):
+        return close_case(opened, opened.method.run(opened.ctx))
+
+
+@contextmanager
+def sittings_noted(cases: Sequence[OpenCase]) -> Iterator[None]:
+    """If the block stops early (an interrupt, an error), note this sitting's wall seconds for every case so far
+    without a record: the sitting that writes it counts them in its total (`intraq.sitting_wall`)."""
+    try:
+        yield
+    except BaseException:
+        for case in cases:
+            if not case.closed:
+                note_sitting(case.ctx.run_dir, case.started, time.perf_counter() - case.t0)
+        raise
 
 
 def open_case(
@@ -201,6 +219,8 @@ def open_case(
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     if stored is not None:
         _drop_stale_checkpoints(run_dir, stored)
+        if stored.finished:
+            drop_before(run_dir, stored.finished)
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
@@ -224,7 +244,10 @@ def open_case(
 def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
     """Write the case's record from its method's outcome, and drop its stage-2 checkpoints."""
     cfg, teacher, data = case.cfg, case.ctx.teacher, case.ctx.data
-    seconds = {**case.seconds, **outcome.seconds, "total": time.perf_counter() - case.t0}
+    this_sitting, earlier = time.perf_counter() - case.t0, earlier_seconds(case.ctx.run_dir)
+    seconds = {**case.seconds, **outcome.seconds, "total": this_sitting + earlier}
+    if earlier:  # resumed: the total counts the sittings that stopped before it (`intraq.sitting_wall`)
+        seconds.update(this_sitting=this_sitting, earlier_sittings=earlier)
     record = RunRecord(
         case=case.name, seed=cfg.seed, profile=cfg.profile, method=case.method.name,
         accuracy={
@@ -245,8 +268,10 @@ def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
         figures = figure_file(case.ctx.paths.results, cfg.profile, case.name, cfg.seed)
         keep_displaced(case.out, case.displaces, [figures])
     write_result(record, case.out)
+    case.closed = True
     for checkpoint in (REFERENCE_CHECKPOINT, FAST_CHECKPOINT):
         remove_artifact(case.ctx.run_dir / checkpoint)
+    forget(case.ctx.run_dir)
     return record
 
 

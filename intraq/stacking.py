@@ -31,8 +31,9 @@ from intraq.errors import UserInputError
 from intraq.fast.finetune import SHARED_FIELDS
 from intraq.methods import get_method
 from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT, ImageSetMethod, stage2_fast_settings
-from intraq.pipeline import OpenCase, RunPaths, case_hash, close_case, open_case, teacher_identity
+from intraq.pipeline import OpenCase, RunPaths, case_hash, close_case, open_case, sittings_noted, teacher_identity
 from intraq.results import RunRecord
+from intraq.sitting_wall import earlier_seconds
 
 
 def stack_key(cfg: RunConfig) -> str | None:
@@ -98,13 +99,14 @@ def run_cases_stacked(
     if len(ids) > 1:  # before any image is made with one case's teacher for another
         raise UserInputError(f"the stacked cases load different teachers ({', '.join(map(str, ids))}): one stage 2 "
                              "runs one teacher; run them in separate groups")
-    _generate_together([c for _, c in cases], paths, progress)
-    jobs = []
-    for _, case in cases:
-        jobs.append(case.method.prepare_stage2(case.ctx))  # one case after the other: its draws as alone
-    for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
-                                  strict=True):
-        records[index] = record
+    with sittings_noted([c for _, c in cases]):  # an interrupted group: each case notes this sitting
+        _generate_together([c for _, c in cases], paths, progress)
+        jobs = []
+        for _, case in cases:
+            jobs.append(case.method.prepare_stage2(case.ctx))  # one case after the other: its draws as alone
+        for (index, _), record in zip(cases, _stage2_together([c for _, c in cases], jobs, paths, device, progress),
+                                      strict=True):
+            records[index] = record
     return [r for r in records if r is not None]
 
 
@@ -179,10 +181,11 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
     results = finetune_fast([job.run for job in jobs], first.teacher.model, test_x, test_y, device, fast, progress,
                             checkpoint_path=folder / FAST_CHECKPOINT)
     records = []
+    group_earlier = earlier_seconds(cases[0].ctx.run_dir)  # the group's sittings before this one
     for case, job, result in zip(cases, jobs, results, strict=True):
         outcome = case.method.stage2_outcome(job, result)
         # the group's wall time so far (its first case opened first): a later case's own total is shorter
-        outcome.seconds["stack_group_total"] = time.perf_counter() - cases[0].t0
+        outcome.seconds["stack_group_total"] = time.perf_counter() - cases[0].t0 + group_earlier
         records.append(close_case(case, outcome))
     remove_artifact(folder / FAST_CHECKPOINT)
     (folder / "members.json").unlink(missing_ok=True)

@@ -156,3 +156,33 @@ def test_a_group_makes_its_intraq_sets_together_as_each_would_alone(tmp_path, ca
         assert torch.equal(a["labels"], b["labels"])
         diff = (a["images"] - b["images"]).abs()
         assert float(diff.max()) < 5e-2 and float(diff.mean()) < 1e-4  # float rounding, a few flat pixels aside
+
+
+def test_an_interrupted_group_counts_its_sitting_in_every_record(tmp_path, cases, monkeypatch):
+    import time
+
+    import torch
+
+    import intraq.stacking as stacking_mod
+    from intraq.sitting_wall import LEDGER, sittings
+
+    paths = RunPaths(tmp_path / "artifacts", tmp_path / "results")
+    original = stacking_mod._stage2_together
+
+    def interrupted(*args, **kwargs):
+        time.sleep(0.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stacking_mod, "_stage2_together", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_cases_stacked(cases[:2], paths, torch.device("cpu"), fast="none", progress=False)
+    monkeypatch.setattr(stacking_mod, "_stage2_together", original)
+    run_dirs = [paths.artifacts / "runs" / f"{case_hash(c)}-seed{c.seed}" for c in cases[:2]]
+    noted = [sittings(d) for d in run_dirs]
+    assert all(len(n) == 1 and n[0]["seconds"] >= 0.5 for n in noted)
+    records = run_cases_stacked(cases[:2], paths, torch.device("cpu"), fast="none", progress=False)
+    for record, (entry,) in zip(records, noted, strict=True):
+        assert record.seconds["earlier_sittings"] == pytest.approx(entry["seconds"])
+        assert record.seconds["total"] == pytest.approx(record.seconds["this_sitting"] + entry["seconds"])
+    assert records[0].seconds["stack_group_total"] >= records[0].seconds["total"] - 0.1
+    assert not any((d / LEDGER).exists() for d in run_dirs)
