@@ -42,6 +42,7 @@ from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT
 from intraq.results import (
     ACCURACY_NOTES,
     RunRecord,
+    figure_file,
     git_commit,
     machine_info,
     now_utc,
@@ -263,8 +264,6 @@ def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
         extras=outcome.extras,
     )
     if case.displaces is not None and case.out.exists():
-        from intraq.report.collect import figure_file
-
         figures = figure_file(case.ctx.paths.results, cfg.profile, case.name, cfg.seed)
         keep_displaced(case.out, case.displaces, [figures])
     write_result(record, case.out)

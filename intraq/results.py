@@ -115,6 +115,20 @@ def result_path(results_dir: Path, profile: str, case_hash: str, seed: int) -> P
     return results_dir / profile / f"{case_hash}-seed{seed}.json"
 
 
+def cells_dir(results: Path, profile: str) -> Path:
+    """Where the bench's cell files of a profile go (one per table cell and seed, naming its record)."""
+    return Path(results) / profile / "cells"
+
+
+def figures_dir(results: Path, profile: str) -> Path:
+    return Path(results) / profile / "figures-data"
+
+
+def figure_file(results: Path, profile: str, case: str, seed: int) -> Path:
+    """A record's figure data (images and teacher features of a cell with figures)."""
+    return figures_dir(results, profile) / f"{case}-seed{seed}.npz"
+
+
 ACCURACY_KEYS = ("after_calibration", "final_epoch", "best_epoch", "teacher")  # test top-1 in %, or None
 ACCURACY_NOTES = {
     "after_calibration": "quantized network after activation-range calibration only (PTQ starting point)",

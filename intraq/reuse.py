@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,15 +45,20 @@ def reusable(path: Path, machine: str | None) -> bool:
     """Whether the record at `path` counts as done for a run that requires `machine` (None: any class). An
     unreadable record counts as done: the run that opens it refuses it with the fix, nothing is rerun blindly."""
     path = Path(path)
-    if not path.exists():
-        return False
-    if machine is None:
-        return True
+    return path.exists() and (machine is None or stored_is_reusable(read_stored(path), machine))
+
+
+def read_stored(path: Path) -> Any:
+    """The JSON of an existing record, or None when it cannot be read (the run that opens it names the fix)."""
     try:
-        blob = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return True
-    return not isinstance(blob, dict) or displaced_class(blob.get("machine"), machine) is None
+        return None
+
+
+def stored_is_reusable(blob: Any, machine: str | None) -> bool:
+    """`reusable` for a record already read (`read_stored`)."""
+    return machine is None or not isinstance(blob, dict) or displaced_class(blob.get("machine"), machine) is None
 
 
 def class_folder_name(machine: str) -> str:

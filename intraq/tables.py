@@ -360,6 +360,16 @@ def all_tables() -> tuple[Table, ...]:
     return (_mdc_vs_adi(), _lor(), _data_amount(), _comparison(), _main_cifar10())
 
 
+def cell_index() -> dict[tuple[str, str], Cell]:
+    """Every cell by (table key, cell key): what a cell file or a report row names."""
+    return {(cell.table, cell.key): cell for table in all_tables() for cell in table.cells}
+
+
+def cells_by_name() -> dict[str, Cell]:
+    """Every cell by its name (`<table>-<cell>`): what campaign plans and test ids name."""
+    return {cell.name: cell for cell in cell_index().values()}
+
+
 def get_table(key: str) -> Table:
     for table in all_tables():
         if table.key == key:

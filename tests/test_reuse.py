@@ -124,8 +124,8 @@ def test_bench_same_machine_reruns_the_cell_of_another_class(tmp_path: Path, tin
 def test_figure_data_follows_the_record_it_was_made_with(tmp_path: Path, tiny_overrides) -> None:
     """A figures cell re-run on this class: the old figure data goes with the old record, the new run's is
     stamped with its record, and a report leaves out figure data of another run than the record's."""
-    from intraq.report.collect import figure_file
     from intraq.report.load import load_figure_data, load_results
+    from intraq.results import figure_file
 
     settings = CaseSettings("smoke", tmp_path / "results", tmp_path / "artifacts", tuple(tiny_overrides))
     cell = get_table("mdc_vs_adi").cell("mdc")

@@ -7,7 +7,7 @@ case before seed 1), whether each case is done, running, pending or failed, and 
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ from typing import Any
 from intraq.campaign.estimate import Durations
 from intraq.campaign.state import read_failure, running_info
 from intraq.results import result_path
-from intraq.reuse import reusable
-from intraq.tables import Cell, all_tables, cell_config, jobs
+from intraq.reuse import read_stored, stored_is_reusable
+from intraq.tables import Cell, all_tables, cell_config, cells_by_name, jobs
 
 DONE, RUNNING, PENDING, FAILED = "done", "running", "pending", "failed"
 
@@ -76,7 +76,7 @@ def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] =
     "cuda") estimates durations from the records of that kind of device only; `machine` (a machine class, for
     `--same-machine`): a record of another class leaves its case pending."""
     results = Path(results)
-    cells = {cell.name: cell for table in all_tables() for cell in table.cells}
+    cells = cells_by_name()
     needed = needed_cells(claim_verdicts(results, profile)) if needed is None else needed
     durations = Durations.from_records(results, profile, default_seconds, device_type)
     planned = []
@@ -86,13 +86,12 @@ def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] =
         estimate, source = durations.estimate(job.case, method)
         state, seconds, accuracy, error, running = PENDING, None, None, None, None
         record = result_path(results, profile, job.case, job.seed)
-        if reusable(record, machine):
+        stored = read_stored(record) if record.exists() else None
+        if record.exists() and stored_is_reusable(stored, machine):
             state = DONE
-            try:
-                stored = json.loads(record.read_text())
+            # the report validates records; here they only feed a sum and a display
+            with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
                 seconds, accuracy = float(stored["seconds"]["total"]), stored["accuracy"].get("best_epoch")
-            except (ValueError, KeyError, TypeError, OSError):
-                pass  # the report validates records; here they only feed a sum and a display
         elif (running := running_info(results, profile, job.case, job.seed)) is not None:
             state = RUNNING
         elif (failure := read_failure(results, profile, job.case, job.seed)) is not None:

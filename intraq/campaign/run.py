@@ -20,7 +20,7 @@ import intraq
 from intraq.campaign.estimate import Durations
 from intraq.campaign.state import case_lock, clear_failure, record_failure
 from intraq.errors import UserInputError
-from intraq.tables import Cell, all_tables, cell_config
+from intraq.tables import Cell, cell_config, cells_by_name
 
 
 class DeadlineReached(Exception):
@@ -127,7 +127,7 @@ def run_job(case: str, seed: int, cell_names: list[str], settings: CaseSettings,
     a job that runs several cases goes on after a failure (the error is kept for `intraq status`)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    cells = {c.name: c for t in all_tables() for c in t.cells}
+    cells = cells_by_name()
     outcome: dict[str, Any] = {"case": case, "seed": seed, "state": "done", "reused": True, "seconds": 0.0}
     tic = time.perf_counter()
     try:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from intraq.artifacts import save_json
 from intraq.config import RunConfig, to_dict
 from intraq.methods import get_method
+from intraq.results import cells_dir, figure_file
 from intraq.tables import Cell
 
 GRID_IMAGES = 64
@@ -34,20 +35,8 @@ DISPLAY_PIXELS = 64
 SUBSET_SEED = 1234  # which images the figures show; fixed so re-renders are identical
 
 
-def cells_dir(results: Path, profile: str) -> Path:
-    return Path(results) / profile / "cells"
-
-
-def figures_dir(results: Path, profile: str) -> Path:
-    return Path(results) / profile / "figures-data"
-
-
 def cell_file(results: Path, profile: str, cell: Cell, seed: int) -> Path:
     return cells_dir(results, profile) / f"{cell.table}--{cell.key}-seed{seed}.json"
-
-
-def figure_file(results: Path, profile: str, case: str, seed: int) -> Path:
-    return figures_dir(results, profile) / f"{case}-seed{seed}.npz"
 
 
 def run_path(record: dict[str, Any]) -> str:
@@ -103,9 +92,9 @@ def refresh_cell_files(cfg: RunConfig, record: dict[str, Any], results: Path) ->
     """Rewrite every cell file of `cfg`'s profile and seed that shows the case of `record` (a case is shared by the
     cells of several tables), after the case ran again (--force, --same-machine): none keeps the accuracy and
     machine of the run it replaced while pointing at the new record."""
-    from intraq.tables import all_tables
+    from intraq.tables import cell_index
 
-    cells = {(c.table, c.key): c for t in all_tables() for c in t.cells}
+    cells = cell_index()
     name, written = f"{record['case']}-seed{record['seed']}.json", []
     folder = cells_dir(results, cfg.profile)
     for path in sorted(folder.glob(f"*-seed{cfg.seed}.json")) if folder.exists() else []:

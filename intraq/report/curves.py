@@ -14,9 +14,8 @@ from pathlib import Path
 
 from intraq.claims import machine_class
 from intraq.errors import UserInputError
-from intraq.report.collect import cells_dir
 from intraq.report.overrides import settings_beyond_profile
-from intraq.results import read_cell_record, read_result
+from intraq.results import cells_dir, read_cell_record, read_result
 
 CURVE_CELL = ("main_cifar10", "w4a4")  # the IntraQ W4A4 cell that five tables share
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from intraq.claims import ClaimVerdict, evaluate_claim, machine_class
 from intraq.errors import UserInputError
-from intraq.report.collect import cells_dir
 from intraq.report.load import BenchResults, load_results
 from intraq.report.render import (
     LEVEL,
@@ -31,6 +30,7 @@ from intraq.report.render import (
     samples,
     slug,
 )
+from intraq.results import cells_dir
 from intraq.tables import FIGURE_CLAIM, Table, all_tables
 
 README_BEGIN = ("<!-- BEGIN generated results: `intraq report --readme` writes this block from results/; "

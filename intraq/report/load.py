@@ -13,10 +13,9 @@ import pandas as pd
 
 from intraq.claims import machine_class
 from intraq.errors import UserInputError
-from intraq.report.collect import cells_dir, figures_dir
 from intraq.report.overrides import settings_beyond_cell
-from intraq.results import read_cell_record
-from intraq.tables import METRICS, Cell, all_tables
+from intraq.results import cells_dir, figures_dir, read_cell_record
+from intraq.tables import METRICS, Cell, all_tables, cell_index
 
 
 @dataclass
@@ -126,7 +125,7 @@ def load_results(results: str | Path, profile: str) -> BenchResults:
         raise UserInputError(
             f"no bench results under {folder}; run `pytest bench --profile {profile}` (or `tox -e paper`) first"
         )
-    cells = {(t.key, c.key): c for t in all_tables() for c in t.cells}
+    cells = cell_index()
     blobs = [(read_cell_record(p), p) for p in files]
     rows = pd.DataFrame([_row(blob, p, cells.get((blob["table"], blob["cell"]))) for blob, p in blobs])
     rows = rows[[(t, c) in cells for t, c in zip(rows["table"], rows["cell"], strict=True)]].reset_index(drop=True)
