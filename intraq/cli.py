@@ -15,7 +15,7 @@ from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.errors import UserInputError
 from intraq.interrupts import sigterm_as_interrupt
 from intraq.methods import METHODS
-from intraq.profiles import PROFILES, get_profile
+from intraq.profiles import PROFILES, evidence_of, get_profile
 
 if TYPE_CHECKING:
     import torch
@@ -103,9 +103,12 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
         print(to_toml(get_profile(args.show)), end="")
         return 0
+    width = max(len(name) for name in PROFILES.names())
     for name in PROFILES.names():
         doc = (PROFILES.get(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}")
+        evidence = evidence_of(name)
+        tier = f" [evidence: {evidence.tier}]" if evidence is not None else ""
+        print(f"{name:{width}s} {doc}{tier}")
     return 0
 
 

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from intraq.config import (
     DataConfig,
@@ -286,6 +287,42 @@ def code_deviations(cfg: RunConfig) -> dict[str, str]:
 def profile_deviations(name: str) -> dict[str, str]:
     """What a profile changes relative to the official settings, and why (empty for the official profiles)."""
     return dict(PROFILE_DEVIATIONS.get(name, {}))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a profile's verdicts are worth (the developers' guide's evidence tiers), said wherever they appear."""
+
+    tier: str  # a short name shown beside the profile's name
+    says: str  # one sentence: what its verdicts may and may not be read as
+
+
+EVIDENCE: dict[str, Evidence] = {
+    "smoke": Evidence("machinery", "embedded 16x16 digits and a teacher trained in seconds: it proves that the "
+                      "machinery runs end to end and is never evidence about the paper"),
+    "cifar10": Evidence("decides the claims", "the official CIFAR-10 hyperparameters unchanged, where the suite "
+                        "decides the claims (a GPU's work); caveat: with every teacher trained so far on the JPEG "
+                        "data its stage-2 lr 1e-4 diverges in the first fine-tuning epoch (README, issue 14)"),
+    "cifar10-cpu": Evidence("CPU preview", "its stage 2 is about 1/80 of the official lr x steps, "
+                            "far weaker, so the methods crowd within about a point of each other; its verdicts "
+                            "do not decide the paper's claims"),
+    "cifar10-lr1e-5": Evidence("diagnostic", "the official settings with only the stage-2 lr 10x lower, for "
+                               "learning curves and stability checks; not stable through stage 2 (its KD loss goes "
+                               "non-finite before epoch 20), so not a tier for verdicts"),
+    "cifar10-lr1e-5-256-cut": Evidence("CPU, faithful in kind", "official synthesis and stage-2 step on 256 "
+                                       "images, stage-2 lr 10x lower and cut at epoch 8 (issue 17): evidence on "
+                                       "the claims at reduced strength, below the `cifar10` tier, which overrules "
+                                       "it"),
+    "imagenet": Evidence("paper's setting", "the paper's own ResNet-18 on ImageNet (your data and GPUs), with MDC "
+                         "and SIL on at the CIFAR-10 script's margins"),
+    "imagenet-official-script": Evidence("paper's setting, as scripted", "the paper's ImageNet setting as its "
+                                         "official script runs it, where MDC and SIL are inert (trap T1)"),
+}
+
+
+def evidence_of(profile: str) -> Evidence | None:
+    """The suite's evidence tier of `profile` (None for a study's own profile name)."""
+    return EVIDENCE.get(profile)
 
 
 def get_profile(name: str) -> RunConfig:

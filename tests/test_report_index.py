@@ -64,7 +64,7 @@ def test_index_has_every_claim_and_profile(results: Path, tmp_path: Path) -> Non
     md, page = files.markdown.read_text(), files.html.read_text()
     assert profiles_with_results(results) == [PROFILE, "fixture-mixed"]
     header = next(line for line in md.splitlines() if line.startswith("| Table"))
-    assert header == "| Table | Paper's claim | `fixture` | `fixture-mixed` |"
+    assert header == "| Table | Paper's claim | `fixture` (a study's own) | `fixture-mixed` (a study's own) |"
     row = next(line for line in md.splitlines() if line.startswith("| MDC vs ADI | MDC beats ADI"))
     fixture_cell, mixed_cell = row.split(" | ")[2:4]
     assert fixture_cell.startswith("**holds** · ours: mdc − adi +10.60 [+9.93, +11.27] (n=3, paired)")
@@ -139,6 +139,22 @@ def test_cli_report_readme(results: Path, tmp_path: Path, capsys) -> None:
     missing = ["report", "--readme", str(tmp_path / "missing.md"), "--results", str(results), "--out",
                str(tmp_path / "not-written")]
     assert main(missing) == 2 and not (tmp_path / "not-written").exists()  # checked before anything is written
+
+
+def test_every_profile_says_what_its_verdicts_are_worth(results: Path, tmp_path: Path) -> None:
+    """The evidence tiers appear wherever verdicts do: `intraq profiles`, each report's header, the index and
+    README block; a profile cannot be registered without one."""
+    from intraq.profiles import EVIDENCE, PROFILES
+    from intraq.report.render import evidence_text
+
+    assert set(PROFILES.names()) == set(EVIDENCE)
+    assert "never evidence about the paper" in evidence_text("smoke")
+    assert "CPU preview" in evidence_text("cifar10-cpu") and "crowd within about a point" in evidence_text(
+        "cifar10-cpu")
+    block = readme_block(results)
+    assert "evidence: `fixture` is not one of the suite's profiles" in block
+    report = render_report(PROFILE, results, tmp_path).markdown.read_text()
+    assert "- Evidence: `fixture` is not one of the suite's profiles" in report
 
 
 def test_readme_results_block_matches_results() -> None:

@@ -21,6 +21,8 @@ from intraq.report.render import (
     blocks_markdown,
     claim_heading,
     compute_text,
+    evidence_text,
+    evidence_tier,
     figure_verdict,
     fmt,
     gap_text,
@@ -106,7 +108,8 @@ def summary_cell(table: Table | None, v: ClaimVerdict, link: str | None = None) 
 def index_blocks(found: Sequence[ProfileClaims]) -> list[Block]:
     profiles = [f.profile for f in found]
     items = [
-        f"`{f.profile}`: [report]({f.profile}/report.md); {our_setting(f.res)}; runs by machine class: "
+        f"`{f.profile}`: [report]({f.profile}/report.md); {evidence_text(f.profile)}; {our_setting(f.res)}; "
+        "runs by machine class: "
         f"{machine_classes_text(f.res.rows)}; compute: {compute_text(f.res, f.res.rows)}."
         for f in found
     ]
@@ -117,8 +120,9 @@ def index_blocks(found: Sequence[ProfileClaims]) -> list[Block]:
         "Machine class = the GPU's name for a CUDA run, otherwise \"CPU <processor>, <n> cores\", plus the torch "
         "version. Pairs whose cells ran on different machine classes are not decided. Margins are the suite's, "
         "fixed before any run. Rules: `intraq/claims.py`.",
-        "Rendered by `intraq report` from results/ alone; the smoke profile proves the machinery on 16x16 digits "
-        "and is not evidence about the paper.",
+        "Rendered by `intraq report` from results/ alone. Each profile's evidence tier (`intraq/profiles.py`, "
+        "EVIDENCE) says what its verdicts are worth: only `cifar10` and the ImageNet profiles bear on the "
+        "paper's claims at full strength.",
     ]
     rows = []
     for title, key, text in claim_rows():
@@ -132,7 +136,7 @@ def index_blocks(found: Sequence[ProfileClaims]) -> list[Block]:
             cells.append(summary_cell(table, v, f"{f.profile}/report.md#{slug(claim_heading(v.claim.text))}"))
         rows.append((title, text, *cells))
     return [Heading(1, "IntraQ claims across profiles"), Bullets(tuple(items)),
-            TableBlock(("Table", "Paper's claim", *(f"`{p}`" for p in profiles)), tuple(rows))]
+            TableBlock(("Table", "Paper's claim", *(f"`{p}` ({evidence_tier(p)})" for p in profiles)), tuple(rows))]
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,8 @@ def readme_block(results: str | Path = "results") -> str:
         runs = f.res.rows.drop_duplicates(["case", "seed"])
         seeds = ", ".join(str(s) for s in sorted(set(f.res.rows["seed"])))
         out.append(f"- **`{f.profile}`**: [`reports/{f.profile}/report.md`](reports/{f.profile}/report.md) "
-                   f"([HTML](reports/{f.profile}/report.html)); {our_setting(f.res)}; {len(runs)} runs, seeds "
+                   f"([HTML](reports/{f.profile}/report.html)); {evidence_text(f.profile)}; "
+                   f"{our_setting(f.res)}; {len(runs)} runs, seeds "
                    f"{seeds}; by machine class: {machine_classes_text(f.res.rows)}; compute: "
                    f"{compute_text(f.res, f.res.rows)}.")
         for table, v in f.verdicts:

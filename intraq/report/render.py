@@ -114,6 +114,24 @@ def _profile_line(profile: str) -> str:
     return f"`{profile}`, {doc[0].rstrip('.')}" if doc else profile
 
 
+def evidence_text(profile: str) -> str:
+    """What the profile's verdicts are worth (`intraq.profiles.EVIDENCE`), for every place that shows them."""
+    from intraq.profiles import evidence_of
+
+    evidence = evidence_of(profile)
+    if evidence is None:
+        return (f"evidence: `{profile}` is not one of the suite's profiles (a study of its own); weigh it against "
+                "the suite's tiers (`intraq profiles`)")
+    return f"evidence ({evidence.tier}): {evidence.says}"
+
+
+def evidence_tier(profile: str) -> str:
+    from intraq.profiles import evidence_of
+
+    evidence = evidence_of(profile)
+    return evidence.tier if evidence is not None else "a study's own"
+
+
 def our_setting(res: BenchResults) -> str:
     """This profile's setting in words: data set, teacher(s) and their accuracy, from the records."""
     rows = res.rows
@@ -151,6 +169,7 @@ def header_blocks(res: BenchResults) -> list[Block]:
         items.append("**FABRICATED TEST FIXTURE: these numbers were made up by the test suite, not measured.**")
     items += [
         f"Profile: {_profile_line(res.profile)}.",
+        f"E{evidence_text(res.profile)[1:]}.",  # "evidence: ..." as a sentence
         f"Rendered from the results folder `{Path(res.results_dir) / res.profile}/`.",
         f"Settings: ours = {our_setting(res)}. The paper's values are for the paper's setting, stated above each "
         "table (ResNet-18 on ImageNet for the supplementary's tables, ResNet-20 on CIFAR-10 for the main "
