@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,11 @@ from intraq.results import (
     now_utc,
     read_result,
     result_path,
+    sitting,
     write_result,
 )
 from intraq.reuse import OTHER_MACHINES, class_folder_name, displaced_class, keep_displaced, required_class
-from intraq.sitting_wall import drop_before, earlier_seconds, forget, note_sitting
+from intraq.sitting_wall import drop_counted, forget, note_sitting, read_ledger, total_seconds
 from intraq.teacher.load import get_teacher
 
 
@@ -132,6 +133,7 @@ class OpenCase:
     t0: float  # perf_counter at the start of its work
     seconds: dict[str, float]
     displaces: str | None = None  # machine class of a stored record this run replaces (`same_machine`), kept aside
+    earlier: list[dict] = field(default_factory=list)  # sittings of this case that stopped before (`sitting_wall`)
     closed: bool = False  # its record is written
 
 
@@ -168,8 +170,12 @@ def sittings_noted(cases: Sequence[OpenCase]) -> Iterator[None]:
     except BaseException:
         for case in cases:
             if not case.closed:
-                note_sitting(case.ctx.run_dir, case.started, time.perf_counter() - case.t0)
+                _note_this_sitting(case.ctx.run_dir, case.started, case.t0, case.ctx.device)
         raise
+
+
+def _note_this_sitting(run_dir: Path, started: str, t0: float, device: torch.device) -> None:
+    note_sitting(run_dir, {**sitting(device), "started": started, "seconds": round(time.perf_counter() - t0, 3)})
 
 
 def open_case(
@@ -220,17 +226,21 @@ def open_case(
     run_dir = paths.artifacts / "runs" / f"{name}-seed{cfg.seed}"
     if stored is not None:
         _drop_stale_checkpoints(run_dir, stored)
-        if stored.finished:
-            drop_before(run_dir, stored.finished)
+        drop_counted(run_dir, stored.extras.get("earlier_sittings") or [])
+    earlier = read_ledger(run_dir)  # a damaged ledger stops here, before any work
     started, t0 = now_utc(), time.perf_counter()
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
 
-    data = data or build_data(cfg.data)
-    seconds["data"] = time.perf_counter() - tic
-    tic = time.perf_counter()
-    teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress)
-    seconds["teacher"] = time.perf_counter() - tic
+    try:
+        data = data or build_data(cfg.data)
+        seconds["data"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        teacher = get_teacher(cfg.teacher, data, device, paths.artifacts, progress)
+        seconds["teacher"] = time.perf_counter() - tic
+    except BaseException:
+        _note_this_sitting(run_dir, started, t0, device)  # e.g. stopped while its teacher trains
+        raise
 
     def test_accuracy(model: nn.Module) -> float:
         return evaluate(model, data.test, cfg.finetune.eval_batch_size, device)
@@ -239,16 +249,18 @@ def open_case(
         cfg=cfg, data=data, teacher=teacher, device=device, paths=paths, run_dir=run_dir,
         test_accuracy=test_accuracy, progress=progress, compile=compile, fast=fast_settings,
     )
-    return OpenCase(cfg, method, name, out, ctx, started, t0, seconds, displaces)
+    return OpenCase(cfg, method, name, out, ctx, started, t0, seconds, displaces, earlier)
 
 
 def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
     """Write the case's record from its method's outcome, and drop its stage-2 checkpoints."""
     cfg, teacher, data = case.cfg, case.ctx.teacher, case.ctx.data
-    this_sitting, earlier = time.perf_counter() - case.t0, earlier_seconds(case.ctx.run_dir)
+    this_sitting, earlier = time.perf_counter() - case.t0, total_seconds(case.earlier)
     seconds = {**case.seconds, **outcome.seconds, "total": this_sitting + earlier}
-    if earlier:  # resumed: the total counts the sittings that stopped before it (`intraq.sitting_wall`)
+    extras = dict(outcome.extras)
+    if case.earlier:  # resumed: the total counts the sittings that stopped before it (`intraq.sitting_wall`)
         seconds.update(this_sitting=this_sitting, earlier_sittings=earlier)
+        extras["earlier_sittings"] = case.earlier
     record = RunRecord(
         case=case.name, seed=cfg.seed, profile=cfg.profile, method=case.method.name,
         accuracy={
@@ -261,7 +273,7 @@ def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
         relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(),
         machine=machine_info(case.ctx.device), started=case.started, finished=now_utc(),
         intraq_bench_version=intraq.__version__, command=" ".join(sys.argv), history=outcome.history,
-        extras=outcome.extras,
+        extras=extras,
     )
     if case.displaces is not None and case.out.exists():
         figures = figure_file(case.ctx.paths.results, cfg.profile, case.name, cfg.seed)

@@ -33,7 +33,7 @@ from intraq.methods import get_method
 from intraq.methods.finetuned import FAST_CHECKPOINT, REFERENCE_CHECKPOINT, ImageSetMethod, stage2_fast_settings
 from intraq.pipeline import OpenCase, RunPaths, case_hash, close_case, open_case, sittings_noted, teacher_identity
 from intraq.results import RunRecord
-from intraq.sitting_wall import earlier_seconds
+from intraq.sitting_wall import total_seconds
 
 
 def stack_key(cfg: RunConfig) -> str | None:
@@ -181,7 +181,8 @@ def _stage2_together(cases: list[OpenCase], jobs: list, paths: RunPaths, device:
     results = finetune_fast([job.run for job in jobs], first.teacher.model, test_x, test_y, device, fast, progress,
                             checkpoint_path=folder / FAST_CHECKPOINT)
     records = []
-    group_earlier = earlier_seconds(cases[0].ctx.run_dir)  # the group's sittings before this one
+    # the group's sittings before this one: the most any member noted (a member may have joined it later)
+    group_earlier = max(total_seconds(case.earlier) for case in cases)
     for case, job, result in zip(cases, jobs, results, strict=True):
         outcome = case.method.stage2_outcome(job, result)
         # the group's wall time so far (its first case opened first): a later case's own total is shorter

@@ -148,6 +148,7 @@ def test_every_profile_says_what_its_verdicts_are_worth(results: Path, tmp_path:
     from intraq.report.render import evidence_text
 
     assert set(PROFILES.names()) == set(EVIDENCE)
+    assert not any(";" in e.tier + e.says for e in EVIDENCE.values())  # spliced into "; "-separated lines
     assert "never evidence about the paper" in evidence_text("smoke")
     assert "CPU preview" in evidence_text("cifar10-cpu") and "crowd within about a point" in evidence_text(
         "cifar10-cpu")

@@ -164,7 +164,7 @@ def test_an_interrupted_group_counts_its_sitting_in_every_record(tmp_path, cases
     import torch
 
     import intraq.stacking as stacking_mod
-    from intraq.sitting_wall import LEDGER, sittings
+    from intraq.sitting_wall import LEDGER, read_ledger
 
     paths = RunPaths(tmp_path / "artifacts", tmp_path / "results")
     original = stacking_mod._stage2_together
@@ -178,11 +178,12 @@ def test_an_interrupted_group_counts_its_sitting_in_every_record(tmp_path, cases
         run_cases_stacked(cases[:2], paths, torch.device("cpu"), fast="none", progress=False)
     monkeypatch.setattr(stacking_mod, "_stage2_together", original)
     run_dirs = [paths.artifacts / "runs" / f"{case_hash(c)}-seed{c.seed}" for c in cases[:2]]
-    noted = [sittings(d) for d in run_dirs]
+    noted = [read_ledger(d) for d in run_dirs]
     assert all(len(n) == 1 and n[0]["seconds"] >= 0.5 for n in noted)
     records = run_cases_stacked(cases[:2], paths, torch.device("cpu"), fast="none", progress=False)
     for record, (entry,) in zip(records, noted, strict=True):
         assert record.seconds["earlier_sittings"] == pytest.approx(entry["seconds"])
+        assert record.extras["earlier_sittings"] == [entry]
         assert record.seconds["total"] == pytest.approx(record.seconds["this_sitting"] + entry["seconds"])
     assert records[0].seconds["stack_group_total"] >= records[0].seconds["total"] - 0.1
     assert not any((d / LEDGER).exists() for d in run_dirs)

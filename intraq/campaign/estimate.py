@@ -45,6 +45,12 @@ def record_device_type(record: dict) -> str:
     return device.split(":", 1)[0]
 
 
+def mixed_devices(record: dict) -> bool:
+    """Whether a resumed record's earlier sittings (`intraq.sitting_wall`) ran on another kind of device."""
+    kind = record_device_type(record)
+    return any(str(e.get("device") or "cpu").split(":", 1)[0] != kind for e in record.get("earlier_sittings") or [])
+
+
 def stacked_runs(record: dict) -> int:
     """How many cases shared the record's stage 2 (`intraq campaign --stack`): a case's share of its group's wall
     time (`seconds.stack_group_total`) is that time over this number."""
@@ -76,6 +82,8 @@ class Durations:
                 seconds = float(spent.get("stack_group_total", spent["total"])) / stacked_runs(record)
                 if device_type is not None and record_device_type(record) != device_type:
                     continue
+                if mixed_devices(record):
+                    continue  # resumed across a CPU and a GPU: its total is neither's
             except (ValueError, KeyError, TypeError, OSError, AttributeError):
                 continue  # not a run record (or unreadable): no estimate from it
             out.by_case.setdefault(str(record.get("case")), []).append(seconds)

@@ -34,21 +34,31 @@ def merged_seconds(spans: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def run_span(results_dir: Path, profile: str, case: str, seed: int) -> tuple[float, float] | None:
-    """(started, finished) of one run as POSIX seconds, from results/<profile>/<case>-seed<N>.json, if stored."""
+def run_spans(results_dir: Path, profile: str, case: str, seed: int) -> list[tuple[float, float]]:
+    """[(started, finished), ...] of one run as POSIX seconds, from results/<profile>/<case>-seed<N>.json if
+    stored: its last sitting, and each earlier sitting of a resumed run (`earlier_sittings`: start + seconds)."""
     path = Path(results_dir) / profile / f"{case}-seed{seed}.json"
     try:
         blob = json.loads(path.read_text())
         start, end = datetime.fromisoformat(blob["started"]), datetime.fromisoformat(blob["finished"])
     except (OSError, KeyError, TypeError, ValueError):
-        return None
-    return start.timestamp(), end.timestamp()
+        return []
+    spans = [(start.timestamp(), end.timestamp())]
+    for entry in blob.get("earlier_sittings") or []:
+        try:
+            first = datetime.fromisoformat(entry["started"]).timestamp()
+            spans.append((first, first + float(entry["seconds"])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return spans
 
 
 def compute_of(results_dir: Path, profile: str, runs: Sequence[tuple[str, int, float]]) -> Compute:
     """Compute of distinct runs given as (case, seed, seconds_total)."""
-    spans = [s for s in (run_span(results_dir, profile, c, seed) for c, seed, _ in runs) if s is not None]
-    return Compute(len(runs), float(sum(t for _, _, t in runs)), merged_seconds(spans) if spans else None, len(spans))
+    per_run = [run_spans(results_dir, profile, c, seed) for c, seed, _ in runs]
+    spans = [span for spans in per_run for span in spans]
+    timed = sum(1 for spans in per_run if spans)
+    return Compute(len(runs), float(sum(t for _, _, t in runs)), merged_seconds(spans) if spans else None, timed)
 
 
 def minutes(seconds: float | None) -> str:
