@@ -175,7 +175,13 @@ def sittings_noted(cases: Sequence[OpenCase]) -> Iterator[None]:
 
 
 def _note_this_sitting(run_dir: Path, started: str, t0: float, device: torch.device) -> None:
-    note_sitting(run_dir, {**sitting(device), "started": started, "seconds": round(time.perf_counter() - t0, 3)})
+    """Runs while an interrupt is on its way out: nothing here may raise in its place (`note_sitting` doesn't)."""
+    seconds = round(time.perf_counter() - t0, 3)
+    try:
+        where = sitting(device)
+    except Exception as exc:  # the machine's description is a nicety; the seconds are the point
+        where = {"machine_unknown": str(exc)}
+    note_sitting(run_dir, {**where, "started": started, "seconds": seconds})
 
 
 def open_case(
