@@ -39,16 +39,20 @@ def parse_duration(text: str | float | None) -> float | None:
     return seconds
 
 
+def device_kind(where: dict | None) -> str:
+    """"cuda" or "cpu": the kind of device named by a record's `machine` or a sitting (`device`, e.g. "cuda:0")."""
+    return str((where or {}).get("device") or "cpu").split(":", 1)[0]
+
+
 def record_device_type(record: dict) -> str:
-    """"cuda" or "cpu": the kind of device a record ran on (its `machine.device`, e.g. "cuda:0")."""
-    device = str((record.get("machine") or {}).get("device") or "cpu")
-    return device.split(":", 1)[0]
+    """The kind of device a record ran on (its last sitting's, `machine.device`)."""
+    return device_kind(record.get("machine"))
 
 
 def mixed_devices(record: dict) -> bool:
     """Whether a resumed record's earlier sittings (`intraq.sitting_wall`) ran on another kind of device."""
     kind = record_device_type(record)
-    return any(str(e.get("device") or "cpu").split(":", 1)[0] != kind for e in record.get("earlier_sittings") or [])
+    return any(device_kind(entry) != kind for entry in record.get("earlier_sittings") or [])
 
 
 def stacked_runs(record: dict) -> int:

@@ -86,8 +86,9 @@ def plan_cases(profile: str, seeds: int, results: Path, extra: tuple[str, ...] =
         estimate, source = durations.estimate(job.case, method)
         state, seconds, accuracy, error, running = PENDING, None, None, None, None
         record = result_path(results, profile, job.case, job.seed)
-        stored = read_stored(record) if record.exists() else None
-        if record.exists() and stored_is_reusable(stored, machine):
+        exists = record.exists()
+        stored = read_stored(record) if exists else None
+        if exists and stored_is_reusable(stored, machine):
             state = DONE
             # the report validates records; here they only feed a sum and a display
             with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
