@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -277,7 +278,7 @@ def close_case(case: OpenCase, outcome: MethodOutcome) -> RunRecord:
         },
         accuracy_notes=dict(ACCURACY_NOTES), teacher=teacher.info, data_identity=data.identity, config=to_dict(cfg),
         relevant_config=relevant_config(cfg), seconds=seconds, git_commit=git_commit(),
-        machine=machine_info(case.ctx.device), started=case.started, finished=now_utc(),
+        machine=machine_info(case.ctx.device), started=case.started, finished=now_utc(), run_id=uuid.uuid4().hex,
         intraq_bench_version=intraq.__version__, command=" ".join(sys.argv), history=outcome.history,
         extras=extras,
     )

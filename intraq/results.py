@@ -176,6 +176,7 @@ class RunRecord:
     relevant_config: dict[str, Any] = field(default_factory=dict)
     started: str | None = None
     finished: str | None = None
+    run_id: str | None = None  # unique per run: two runs can start in the same second (records before it: none)
     intraq_bench_version: str | None = None
     command: str | None = None
     git_commit_note: str | None = None  # a later explanation of the commit (e.g. why it reads +dirty)
@@ -210,7 +211,7 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, with the field names of every record written so far (extras at the top level)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
-        for optional in ("git_commit_note", "history", "data_identity"):
+        for optional in ("git_commit_note", "history", "data_identity", "run_id"):
             if out[optional] is None:
                 del out[optional]
         return {**out, **self.extras}

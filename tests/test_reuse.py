@@ -70,7 +70,7 @@ def test_same_machine_reruns_a_record_of_another_class_and_keeps_it(tmp_path: Pa
     same = CaseSettings(**{**settings.__dict__, "same_machine": True})
     again = run_cell(cell, 0, same)
     assert not again.reused and machine_class(again.record["machine"]) == here
-    assert again.record["started"] != elsewhere["started"]
+    assert again.record["run_id"] != elsewhere["run_id"]  # a new run (both may have started in one second)
     kept = settings.results / "smoke" / OTHER_MACHINES / class_folder_name(machine_class(ELSEWHERE))
     assert json.loads((kept / record_file.name).read_text()) == elsewhere
     cell_file = json.loads((settings.results / "smoke" / "cells" / "comparison--squant-seed0.json").read_text())
@@ -133,14 +133,14 @@ def test_figure_data_follows_the_record_it_was_made_with(tmp_path: Path, tiny_ov
     case = first.record["case"]
     assert run_cell(get_table("main_cifar10").cell("w4a4"), 0, settings).reused  # the shared cell: same case
     figures = figure_file(settings.results, "smoke", case, 0)
-    assert load_figure_data(figures).meta["record_started"] == first.record["started"]
+    assert load_figure_data(figures).meta["record_run_id"] == first.record["run_id"]
     _move_to_another_machine(settings.results / "smoke" / f"{case}-seed0.json")
     again = run_cell(cell, 0, CaseSettings(**{**settings.__dict__, "same_machine": True}))
-    assert not again.reused and load_figure_data(figures).meta["record_started"] == again.record["started"]
+    assert not again.reused and load_figure_data(figures).meta["record_run_id"] == again.record["run_id"]
     other_table = json.loads((settings.results / "smoke" / "cells" / "main_cifar10--w4a4-seed0.json").read_text())
     assert other_table["seconds"] == again.record["seconds"]  # the new run, though that cell was not run by name
     [kept] = (settings.results / "smoke" / OTHER_MACHINES).rglob("*-figures-data.npz")
-    assert load_figure_data(kept).meta["record_started"] == first.record["started"]
+    assert load_figure_data(kept).meta["record_run_id"] == first.record["run_id"]
     assert f"{case}-seed0" in load_results(settings.results, "smoke").figures
     figures.write_bytes(kept.read_bytes())  # the old run's figure data beside the new record: left out
     assert f"{case}-seed0" not in load_results(settings.results, "smoke").figures
@@ -191,3 +191,21 @@ def test_status_shows_a_record_of_another_class_as_pending_with_same_machine(tmp
 
     assert "done 50.00" in squant_row()
     assert "pending" in squant_row("--same-machine", "--device", "cpu")
+
+
+@pytest.mark.parametrize(("stamp", "record", "shown"), [
+    ({"record_started": "T", "record_run_id": "a"}, {"started": "T", "run_id": "a"}, True),
+    ({"record_started": "T", "record_run_id": "a"}, {"started": "T", "run_id": "b"}, False),  # same second
+    ({"record_started": "T"}, {"started": "T", "run_id": "b"}, True),  # figure data made before run ids
+    ({"record_started": "T"}, {"started": "U", "run_id": "b"}, False),
+    ({"record_started": "T", "record_run_id": "a"}, {"started": "U"}, False),  # a record made before run ids
+    ({}, {"started": "U", "run_id": "b"}, True),  # unstamped figure data is kept
+])
+def test_figure_data_of_another_run_is_told_apart_even_within_one_second(tmp_path: Path, stamp, record,
+                                                                          shown) -> None:
+    from intraq.report.load import FigureData, _figure_of_current_run
+
+    (tmp_path / "abc-seed0.json").write_text(json.dumps(record))
+    data = FigureData(case="abc", seed=0, meta=stamp, grid_images=None, grid_labels=None, features=None,
+                      feature_labels=None, diversity=0.0)
+    assert _figure_of_current_run(data, tmp_path) is shown

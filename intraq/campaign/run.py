@@ -109,7 +109,7 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
                               same_machine=settings.same_machine)
             if cell.figures:
                 save_figure_data(cfg, cell, paths.results, settings.artifacts, device, force=not reused,
-                                 record_started=record["started"])
+                                 record_run=(record["started"], record.get("run_id")))
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
                 record_failure(paths.results, cfg.profile, case, seed, exc)

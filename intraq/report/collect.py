@@ -138,11 +138,11 @@ def intra_class_diversity(features: torch.Tensor, labels: torch.Tensor) -> tuple
 
 def save_figure_data(
     cfg: RunConfig, cell: Cell, results: Path, artifacts: Path | None, device: torch.device, force: bool = False,
-    record_started: str | None = None,
+    record_run: tuple[str | None, str | None] = (None, None),
 ) -> Path:
     """Extract what the figures need for one image-set cell (reuses the stored image set; skips if present).
-    `record_started` (the run record's start time) is stamped in, so a report can tell figure data of an earlier
-    run of the case (before a --force or --same-machine re-run) from this one's."""
+    `record_run` (the run record's start time and run id) is stamped in, so a report can tell figure data of an
+    earlier run of the case (before a --force or --same-machine re-run) from this one's."""
     from intraq.data import build_data
     from intraq.pipeline import RunPaths, case_hash, get_image_set
     from intraq.teacher.features import extract_features
@@ -174,7 +174,8 @@ def save_figure_data(
         "feature_module": getattr(teacher.model, "feature_module_name", "?"),
         "diversity_metric": "mean pairwise cosine distance of teacher penultimate features within a class, "
         "averaged over classes with >= 2 images, on the whole image set",
-        "seconds": time.perf_counter() - tic, "record_started": record_started,
+        "seconds": time.perf_counter() - tic, "record_started": record_run[0],
+        "record_run_id": record_run[1],
     }
     blob = io.BytesIO()
     np.savez_compressed(

@@ -103,17 +103,20 @@ def load_figure_data(path: Path) -> FigureData:
 
 
 def _figure_of_current_run(data: FigureData, folder: Path) -> bool:
-    """Figure data stamped with another run's start than the case's record (a re-run whose figure data did not
-    follow, e.g. cut short between the two) is left out rather than shown beside the wrong record; unstamped
-    (older) data is kept."""
-    stamp = data.meta.get("record_started")
+    """Figure data stamped with another run than the case's record (a re-run whose figure data did not follow,
+    e.g. cut short between the two) is left out rather than shown beside the wrong record; unstamped (older)
+    data is kept. The run id decides where both have one: two runs can start in the same second."""
+    started, run_id = data.meta.get("record_started"), data.meta.get("record_run_id")
     record = folder / f"{data.case}-seed{data.seed}.json"
-    if not stamp or not record.exists():
+    if not (started or run_id) or not record.exists():
         return True
     try:
-        return json.loads(record.read_text()).get("started") == stamp
+        blob = json.loads(record.read_text())
     except (OSError, ValueError):
         return True
+    if run_id and blob.get("run_id"):
+        return blob["run_id"] == run_id
+    return blob.get("started") == started
 
 
 def load_results(results: str | Path, profile: str) -> BenchResults:
