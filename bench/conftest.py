@@ -32,7 +32,7 @@ from intraq.campaign.plan import DONE, claim_verdicts, needed_cells
 from intraq.cli import FAST_HELP, SAME_MACHINE_HELP
 from intraq.config_file import resolve_profile
 from intraq.errors import UserInputError
-from intraq.interrupts import sigterm_as_interrupt
+from intraq.interrupts import stop_signals_as_interrupt
 from intraq.results import default_results_dir
 from intraq.tables import Cell
 
@@ -127,7 +127,7 @@ class _XdistPlan:
 def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201 - a hook wrapper's generator
     """SIGTERM (Slurm's warning before its time limit) stops a case like Ctrl-C, as `intraq` does: the case saves
     its checkpoint on the way out, and the same command resumes it."""
-    with sigterm_as_interrupt():
+    with stop_signals_as_interrupt():
         return (yield)
 
 

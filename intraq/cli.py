@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from intraq.config import RunConfig, apply_overrides, config_hash, to_dict
 from intraq.errors import UserInputError
-from intraq.interrupts import sigterm_as_interrupt
+from intraq.interrupts import stop_signals_as_interrupt
 from intraq.methods import METHODS
 from intraq.profiles import PROFILES, evidence_of, get_profile
 
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # SIGTERM (what Slurm sends before its time limit) stops a run like Ctrl-C: checkpoint, then exit 130.
     try:
-        with sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             return args.func(args)
     except UserInputError as exc:
         print(f"intraq: error: {exc}", file=sys.stderr)

@@ -5,9 +5,9 @@ checkpoints and carry their own seconds over, but the case's `seconds.total` use
 alone. A sitting that ends without a record notes when it started, how long it ran and on what machine in
 `<run_dir>/earlier-sittings.json`; the sitting that writes the record adds them to its own (`seconds.this_sitting`
 + `seconds.earlier_sittings` = `seconds.total`), lists them in the record (`earlier_sittings`) and deletes the
-file. A sitting killed outright (SIGKILL, a power cut), or stopped where SIGTERM is not turned into an interrupt,
-notes nothing: its seconds are missing from the total (its stages' own seconds still hold what their last
-checkpoint saw).
+file. A sitting killed outright (SIGKILL, a power cut), or stopped by a signal where no handler turns it into an
+interrupt (`intraq.interrupts`: the CLI, the bench and campaign jobs do), notes nothing: its seconds are missing
+from the total (its stages' own seconds still hold what their last checkpoint saw).
 """
 
 from __future__ import annotations

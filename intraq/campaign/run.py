@@ -20,6 +20,7 @@ import intraq
 from intraq.campaign.estimate import Durations
 from intraq.campaign.state import case_lock, clear_failure, record_failure
 from intraq.errors import UserInputError
+from intraq.interrupts import ignore_stop_signals, stop_signals_as_interrupt
 from intraq.tables import Cell, cell_config, cells_by_name
 
 
@@ -121,40 +122,94 @@ def run_cell(cell: Cell, seed: int, settings: CaseSettings, device: torch.device
     return CellOutcome(cell, record, reused, written, time.perf_counter() - tic)
 
 
+STOPPED = ("stopped by a signal before it finished (SIGTERM, or the job's time-limit signal): its finished work "
+           "is saved; run the campaign again to resume it")
+
+
 def run_job(case: str, seed: int, cell_names: list[str], settings: CaseSettings, deadline: float | None = None,
-            estimate: float | None = None) -> dict[str, Any]:
+            estimate: float | None = None, stop_file: Path | None = None) -> dict[str, Any]:
     """A campaign job's work: every cell that shows one (case, seed). Returns a summary instead of raising, so
-    a job that runs several cases goes on after a failure (the error is kept for `intraq status`)."""
+    a job that runs several cases goes on after a failure (the error is kept for `intraq status`). A stop signal
+    (`intraq.interrupts`) stops it like Ctrl-C: the case checkpoints, notes its sitting, and stays pending; so
+    does an existing `stop_file` (how `run_jobs` stops the cases its worker processes have yet to begin)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cells = cells_by_name()
     outcome: dict[str, Any] = {"case": case, "seed": seed, "state": "done", "reused": True, "seconds": 0.0}
     tic = time.perf_counter()
     try:
-        for name in cell_names:
-            result = run_cell(cells[name], seed, settings, deadline=deadline, estimate=estimate)
-            outcome["reused"] = outcome["reused"] and result.reused
-            outcome["accuracy"] = result.record["accuracy"].get("best_epoch")
+        with stop_signals_as_interrupt():
+            for name in cell_names:
+                if stop_file is not None and stop_file.exists():
+                    raise KeyboardInterrupt
+                result = run_cell(cells[name], seed, settings, deadline=deadline, estimate=estimate)
+                outcome["reused"] = outcome["reused"] and result.reused
+                outcome["accuracy"] = result.record["accuracy"].get("best_epoch")
     except DeadlineReached as exc:
         outcome.update(state="pending", reason=str(exc))
+    except KeyboardInterrupt:
+        outcome.update(state="pending", reason=STOPPED, stopped=True)
     except Exception as exc:  # noqa: BLE001 - kept in the state folder and shown by `intraq status`
         outcome.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     outcome["seconds"] = time.perf_counter() - tic
     return outcome
 
 
+def _not_started(job: tuple[str, int, list[str]]) -> dict[str, Any]:
+    return {"case": job[0], "seed": job[1], "state": "pending", "reason": STOPPED, "stopped": True, "seconds": 0.0}
+
+
 def run_jobs(jobs: list[tuple[str, int, list[str]]], settings: CaseSettings, deadline: float | None = None,
              parallel: int = 1, estimates: list[float | None] | None = None) -> list[dict[str, Any]]:
     """Several (case, seed, cells) jobs in one submitit job: `parallel` of them at a time on one device (small
-    models leave a GPU mostly idle, so several processes share it well), each in its own process."""
+    models leave a GPU mostly idle, so several processes share it well), each in its own process. After a stop
+    signal the job ends with a summary for every case: the stopped ones and those not begun stay pending (not
+    failed), so the next campaign runs them on from their checkpoints."""
     estimates = estimates or [None] * len(jobs)
     if parallel <= 1 or len(jobs) <= 1:
-        return [run_job(c, s, cells, settings, deadline, e) for (c, s, cells), e in zip(jobs, estimates,
-                                                                                             strict=True)]
+        outcomes: list[dict[str, Any]] = []
+        try:
+            with stop_signals_as_interrupt():
+                for (c, s, cells), e in zip(jobs, estimates, strict=True):
+                    outcomes.append(run_job(c, s, cells, settings, deadline, e))
+                    if outcomes[-1].get("stopped"):
+                        break
+        except KeyboardInterrupt:  # between two cases
+            pass
+        return outcomes + [_not_started(job) for job in jobs[len(outcomes):]]
+    return _run_jobs_in_processes(jobs, settings, deadline, parallel, estimates)
+
+
+def _run_jobs_in_processes(jobs: list[tuple[str, int, list[str]]], settings: CaseSettings, deadline: float | None,
+                           parallel: int, estimates: list[float | None]) -> list[dict[str, Any]]:
+    """`run_jobs` with `parallel` worker processes. A worker between two cases ignores the stop signals (Slurm
+    signals every process of the job: one dying there would break the pool and lose the others' summaries); the
+    stop file tells it not to begin another. A signal that reached this process alone (submitit's local
+    executor forwards it to the job's process only) is passed on to the workers."""
     import multiprocessing
+    import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, c, s, cells, settings, deadline, e)
-                   for (c, s, cells), e in zip(jobs, estimates, strict=True)]
-        return [f.result() for f in futures]
+    with tempfile.TemporaryDirectory(prefix="intraq-jobs-") as folder:
+        stop_file = Path(folder) / "stop"
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=ignore_stop_signals) as pool:
+            futures = [pool.submit(run_job, c, s, cells, settings, deadline, e, stop_file)
+                       for (c, s, cells), e in zip(jobs, estimates, strict=True)]
+            try:
+                with stop_signals_as_interrupt():
+                    return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                stop_file.touch()
+                for future in futures:
+                    future.cancel()
+                for child in multiprocessing.active_children():
+                    child.terminate()  # SIGTERM: a worker in a case stops it like Ctrl-C; an idle one ignores it
+                return [_result_or_stopped(f, job) for f, job in zip(futures, jobs, strict=True)]
+
+
+def _result_or_stopped(future, job: tuple[str, int, list[str]]) -> dict[str, Any]:  # noqa: ANN001 - a Future
+    try:
+        return future.result()
+    except Exception:  # noqa: BLE001 - cancelled before it began, or its worker was lost
+        return _not_started(job)
