@@ -34,10 +34,24 @@ from intraq.config import (
 )
 from intraq.registry import Registry
 
-PROFILES: Registry[Callable[[], RunConfig]] = Registry("profile")
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a profile's verdicts are worth, said wherever they appear (reports, index, README, `intraq profiles`):
+    from machinery checks through CPU previews to the settings where the paper's claims are decided."""
+
+    tier: str  # a short name shown beside the profile's name
+    says: str  # one sentence: what its verdicts may and may not be read as
 
 
-@PROFILES.register("smoke")
+PROFILES: Registry[Callable[[], RunConfig]] = Registry("profile")  # each registered with its `evidence`
+
+
+@PROFILES.register(
+    "smoke",
+    evidence=Evidence("machinery", "embedded 16x16 digits and a teacher trained in seconds: it proves that the "
+                      "machinery runs end to end and is never evidence about the paper"),
+)
 def smoke() -> RunConfig:
     """Digits 16x16, a 70k-parameter CNN teacher; budgets cut so one case takes well under a minute."""
     return RunConfig(
@@ -79,7 +93,14 @@ def _cifar10_cpu_teacher() -> TeacherConfig:
     )
 
 
-@PROFILES.register("cifar10")
+@PROFILES.register(
+    "cifar10",
+    evidence=Evidence("official settings, would decide", "the official CIFAR-10 hyperparameters unchanged, "
+                      "where the claims would be decided (a GPU's work), but with the teachers trainable on "
+                      "the JPEG data its stage-2 lr 1e-4 does not train (the 86.90% teacher's full run diverged "
+                      "in its first fine-tuning epoch, the 87.74% teacher's student is sharper still in a "
+                      "40-step probe: README, issue 14)"),
+)
 def cifar10() -> RunConfig:
     """Official CIFAR-10 settings: 5,120 images, 1,000 iterations per batch of 256, 151 epochs x 200 iterations."""
     return RunConfig(
@@ -133,7 +154,13 @@ CIFAR10_CPU_REDUCTIONS: dict[str, str] = {
 }
 
 
-@PROFILES.register("cifar10-cpu")
+@PROFILES.register(
+    "cifar10-cpu",
+    evidence=Evidence("CPU preview", "its stage 2 is about 1/80 of the official lr x steps, far weaker, so "
+                      "the W4A4 image-set rows (IntraQ, ADI, LOR variants, data amounts, real images) crowd "
+                      "within about a point of each other and its verdicts do not decide the paper's "
+                      "claims"),
+)
 def cifar10_cpu() -> RunConfig:
     """`cifar10` cut to fit a 2-core CPU, stage-2 lr 10x lower (measured divergence); see CIFAR10_CPU_REDUCTIONS."""
     cfg = cifar10()
@@ -163,7 +190,13 @@ CIFAR10_LR_DEVIATION: dict[str, str] = {
 }
 
 
-@PROFILES.register("cifar10-lr1e-5")
+@PROFILES.register(
+    "cifar10-lr1e-5",
+    evidence=Evidence("diagnostic", "the official settings with only the stage-2 lr 10x lower, for "
+                      "learning curves and stability checks: stage 2 runs away around the lr drop at "
+                      "epoch 20 (IntraQ on 256 images explodes at 19 and is non-finite at 22, ADI on 256 "
+                      "is non-finite at 19, 5,120 real images at 18), so it is not a tier for verdicts"),
+)
 def cifar10_lr1e_5() -> RunConfig:
     """`cifar10` with the stage-2 lr 10x lower (under the measured stability bound); see CIFAR10_LR_DEVIATION."""
     cfg = cifar10()
@@ -196,7 +229,12 @@ CIFAR10_256_CUT_DEVIATIONS: dict[str, str] = {
 }
 
 
-@PROFILES.register("cifar10-lr1e-5-256-cut")
+@PROFILES.register(
+    "cifar10-lr1e-5-256-cut",
+    evidence=Evidence("CPU, faithful in kind", "official synthesis and stage-2 step on 256 images, stage-2 lr 10x "
+                      "lower and cut at epoch 8 (issue 17): evidence on the claims at reduced strength, below "
+                      "the `cifar10` tier, which overrules it"),
+)
 def cifar10_lr1e_5_256_cut() -> RunConfig:
     """`cifar10-lr1e-5` on 256 images, stage 2 cut at epoch 8 (issue 17); see CIFAR10_256_CUT_DEVIATIONS."""
     cfg = cifar10_lr1e_5()
@@ -206,7 +244,11 @@ def cifar10_lr1e_5_256_cut() -> RunConfig:
     return cfg
 
 
-@PROFILES.register("imagenet")
+@PROFILES.register(
+    "imagenet",
+    evidence=Evidence("paper's setting", "the paper's own ResNet-18 on ImageNet (your data and GPUs), with MDC "
+                      "and SIL on at the CIFAR-10 script's margins (trap T1)"),
+)
 def imagenet() -> RunConfig:
     """Official ImageNet settings (ResNet-18, pytorchcv 0.0.51 teacher, 71.47%); needs data.root and a GPU."""
     return RunConfig(
@@ -239,7 +281,11 @@ IMAGENET_MARGINS = {
 }
 
 
-@PROFILES.register("imagenet-official-script")
+@PROFILES.register(
+    "imagenet-official-script",
+    evidence=Evidence("paper's setting, as scripted", "the paper's ImageNet setting as its official script runs "
+                      "it, where MDC and SIL are inert (trap T1)"),
+)
 def imagenet_official_script() -> RunConfig:
     """`imagenet` as the official scripts run it: IntraQ's targetPro 1, m_low 0, m_up 2 (SIL and MDC inert, T1);
     DeepInversion's images copied one step past the lowest loss, as its ImageNet script does."""
@@ -289,45 +335,9 @@ def profile_deviations(name: str) -> dict[str, str]:
     return dict(PROFILE_DEVIATIONS.get(name, {}))
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """What a profile's verdicts are worth, said wherever they appear (reports, index, README, `intraq profiles`):
-    from machinery checks through CPU previews to the settings where the paper's claims are decided."""
-
-    tier: str  # a short name shown beside the profile's name
-    says: str  # one sentence: what its verdicts may and may not be read as
-
-
-EVIDENCE: dict[str, Evidence] = {
-    "smoke": Evidence("machinery", "embedded 16x16 digits and a teacher trained in seconds: it proves that the "
-                      "machinery runs end to end and is never evidence about the paper"),
-    "cifar10": Evidence("official settings, would decide", "the official CIFAR-10 hyperparameters unchanged, "
-                        "where the claims would be decided (a GPU's work), but with the teachers trainable on "
-                        "the JPEG data its stage-2 lr 1e-4 does not train (the 86.90% teacher's full run diverged "
-                        "in its first fine-tuning epoch, the 87.74% teacher's student is sharper still in a "
-                        "40-step probe: README, issue 14)"),
-    "cifar10-cpu": Evidence("CPU preview", "its stage 2 is about 1/80 of the official lr x steps, far weaker, so "
-                            "the W4A4 image-set rows (IntraQ, ADI, LOR variants, data amounts, real images) crowd "
-                            "within about a point of each other and its verdicts do not decide the paper's "
-                            "claims"),
-    "cifar10-lr1e-5": Evidence("diagnostic", "the official settings with only the stage-2 lr 10x lower, for "
-                               "learning curves and stability checks: stage 2 runs away around the lr drop at "
-                               "epoch 20 (IntraQ on 256 images explodes at 19 and is non-finite at 22, ADI on 256 "
-                               "is non-finite at 19, 5,120 real images at 18), so it is not a tier for verdicts"),
-    "cifar10-lr1e-5-256-cut": Evidence("CPU, faithful in kind", "official synthesis and stage-2 step on 256 "
-                                       "images, stage-2 lr 10x lower and cut at epoch 8 (issue 17): evidence on "
-                                       "the claims at reduced strength, below the `cifar10` tier, which overrules "
-                                       "it"),
-    "imagenet": Evidence("paper's setting", "the paper's own ResNet-18 on ImageNet (your data and GPUs), with MDC "
-                         "and SIL on at the CIFAR-10 script's margins (trap T1)"),
-    "imagenet-official-script": Evidence("paper's setting, as scripted", "the paper's ImageNet setting as its "
-                                         "official script runs it, where MDC and SIL are inert (trap T1)"),
-}
-
-
 def evidence_of(profile: str) -> Evidence | None:
     """The suite's evidence tier of `profile` (None for a study's own profile name)."""
-    return EVIDENCE.get(profile)
+    return PROFILES.meta(profile).get("evidence") if profile in PROFILES else None
 
 
 def get_profile(name: str) -> RunConfig:

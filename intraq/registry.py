@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from intraq.errors import UserInputError
 
@@ -11,20 +11,28 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A small mapping of names to factories that fails with the list of known names."""
+    """A small mapping of names to factories that fails with the list of known names; an entry may carry
+    metadata given where it is registered (e.g. a profile's evidence tier), so the two cannot drift apart."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         def decorator(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = item
+            self._meta[name] = dict(meta)
             return item
 
         return decorator
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """What `name` was registered with (unknown names fail like `get`)."""
+        self.get(name)
+        return dict(self._meta[name])
 
     def get(self, name: str) -> T:
         try:

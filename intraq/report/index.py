@@ -121,7 +121,7 @@ def index_blocks(found: Sequence[ProfileClaims]) -> list[Block]:
         "version. Pairs whose cells ran on different machine classes are not decided. Margins are the suite's, "
         "fixed before any run. Rules: `intraq/claims.py`.",
         "Rendered by `intraq report` from results/ alone. Each profile's evidence tier (`intraq/profiles.py`, "
-        "EVIDENCE) says what its verdicts are worth; no CPU profile decides the paper's claims.",
+        "its `evidence`) says what its verdicts are worth; no CPU profile decides the paper's claims.",
     ]
     rows = []
     for title, key, text in claim_rows():

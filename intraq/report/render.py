@@ -115,7 +115,7 @@ def _profile_line(profile: str) -> str:
 
 
 def evidence_text(profile: str) -> str:
-    """What the profile's verdicts are worth (`intraq.profiles.EVIDENCE`), for every place that shows them."""
+    """What the profile's verdicts are worth (its `evidence` in `intraq.profiles`), wherever they are shown."""
     from intraq.profiles import evidence_of
 
     evidence = evidence_of(profile)
