@@ -125,7 +125,7 @@ class _XdistPlan:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201 - a hook wrapper's generator
-    """SIGTERM (Slurm's warning before its time limit) stops a case like Ctrl-C, as `intraq` does: the case saves
+    """SIGTERM (kill, scancel, Slurm at its time limit) stops a case like Ctrl-C, as `intraq` does: the case saves
     its checkpoint on the way out, and the same command resumes it."""
     with stop_signals_as_interrupt():
         return (yield)

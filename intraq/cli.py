@@ -422,6 +422,10 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     pending = sum(1 for o in report.outcomes if o["state"] == "pending")
     print(f"campaign {args.profile}: {len(report.submitted)} cases submitted; {done} done, {pending} pending, "
           f"{len(report.failed)} failed; `intraq status --profile {args.profile}` shows every case")
+    if any(o.get("stopped") for o in report.outcomes):
+        print("intraq: a job was stopped by a signal; its finished work is saved, run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
     return 1 if report.failed else 0
 
 
@@ -562,7 +566,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    # SIGTERM (what Slurm sends before its time limit) stops a run like Ctrl-C: checkpoint, then exit 130.
+    # SIGTERM (kill, scancel, Slurm at its time limit) stops a run like Ctrl-C: checkpoint, then exit 130.
     try:
         with stop_signals_as_interrupt():
             return args.func(args)

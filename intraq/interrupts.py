@@ -1,17 +1,18 @@
 """Hold Ctrl-C and the stop signals back while state is half-updated, so an interrupt always leaves a state worth
 saving; and turn the stop signals into Ctrl-C for a whole command or job (`stop_signals_as_interrupt`).
 
-The stop signals: SIGTERM (what Slurm sends before its time limit, and `kill`), and inside a submitit job also
-submitit's timeout/preemption signal (USR2, or what SUBMITIT_PREEMPT_SIGNAL names), which Slurm sends ahead of the
-limit; submitit's own handler would otherwise end the job where it stands (its callable is not checkpointable:
-our loops checkpoint themselves on an interrupt).
+The stop signals: SIGTERM (`kill`, `scancel`, and Slurm at a job's time limit, SIGKILL following after its
+KillWait), and inside a submitit job also submitit's timeout/preemption signal (USR2, or what
+SUBMITIT_PREEMPT_SIGNAL names), which Slurm sends ahead of the limit; submitit's own handler would otherwise end
+the job where it stands (its callable is not checkpointable: our loops checkpoint themselves on an interrupt).
 
 An optimizer step is not atomic: an interrupt inside it would leave images and moments out of step, and the
 driver could then only fall back to its last periodic checkpoint (or nothing, in the first minute). Inside
 `deferred_interrupts()` the first signal is noted and delivered, through the handler that was in place, when the
-block ends; a second one is delivered at once (a hung save can still be stopped). Outside the main thread
-(where Python delivers no signals) it does nothing. If the block raises, its exception propagates and a held
-signal is dropped: the run stops either way.
+block ends; a second one is delivered at once (a hung save can still be stopped with Ctrl-C: a second stop
+signal is dropped by `stop_signals_as_interrupt`, since Slurm sends one to every process of a job). Outside the
+main thread (where Python delivers no signals) it does nothing. If the block raises, its exception propagates
+and a held signal is dropped: the run stops either way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -30,7 +31,7 @@ def stop_signals() -> tuple[int, ...]:
     found = [signal.SIGTERM]
     if os.environ.get("SUBMITIT_EXECUTOR"):
         extra = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-        if extra is not None and extra not in found:
+        if extra is not None and extra not in (signal.SIGTERM, signal.SIGINT):  # SIGINT is Ctrl-C already
             found.append(extra)
     return tuple(found)
 
@@ -67,7 +68,7 @@ def deferred_interrupts() -> Iterator[None]:
             deliver(previous.get(signum, signal.SIG_DFL), signum, frame)
 
     try:
-        for signum in (signal.SIGINT, *stop_signals()):
+        for signum in dict.fromkeys((signal.SIGINT, *stop_signals())):
             previous[signum] = signal.signal(signum, note)
         yield
     finally:
@@ -80,29 +81,70 @@ def deferred_interrupts() -> Iterator[None]:
         deliver(previous[signum], signum, frame)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _stop_signals_handled(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    if not _in_main_thread():  # Python delivers signals to the main thread only
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in stop_signals()}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            if old is not None:  # a handler installed outside Python cannot be put back from here
+                signal.signal(signum, old)
 
 
 @contextmanager
 def stop_signals_as_interrupt() -> Iterator[None]:
     """The stop signals (SIGTERM; submitit's timeout signal in a submitit job) stop the block like Ctrl-C: every
-    loop then saves its checkpoint on the way out. The previous handlers are put back after the block; outside
-    the main thread (where Python delivers no signals) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    loop then saves its checkpoint on the way out. Only the first does: Slurm signals every process of a job
+    (and a job's process passes a signal on to its workers), so a second one, arriving while the first is being
+    handled, must not cut the save short (Ctrl-C still does). The previous handlers are put back after the
+    block; outside the main thread it does nothing."""
+    fired: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not fired:
+            fired.append(signum)
+            raise KeyboardInterrupt
+
+    with _stop_signals_handled(stop):
         yield
-        return
-    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals()}
+
+
+@contextmanager
+def stop_signals_noted() -> Iterator[list[int]]:
+    """The stop signals that arrive in the block are noted in the list it yields, not raised: for the stretch
+    between two pieces of work, which then ends instead of beginning the next one (an interrupt there could
+    land after a piece's outcome is known and before it is kept)."""
+    arrived: list[int] = []
+    with _stop_signals_handled(lambda signum, frame: arrived.append(signum)):
+        yield arrived
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back (the signal mask) while worker processes are started: a process inherits the
+    mask, so a new worker cannot be killed by one before `worker_ignores_stop_signals` runs; one that arrived
+    meanwhile reaches this process when the block ends."""
+    stops = stop_signals()
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            if old is not None:
-                signal.signal(signum, old)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
-def ignore_stop_signals() -> None:
-    """For a worker process between two pieces of work (`stop_signals_as_interrupt` sets and restores around
-    each): a stop signal there must not kill it."""
-    for signum in stop_signals():
+def worker_ignores_stop_signals() -> None:
+    """A worker process's initializer: between two pieces of work a stop signal must not kill it (that would
+    break its pool and lose the other workers' outcomes); `stop_signals_as_interrupt` around each piece makes
+    one stop that piece. Unblocks what `stop_signals_blocked` held (a signal held until now is dropped)."""
+    stops = stop_signals()
+    for signum in stops:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)

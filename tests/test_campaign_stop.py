@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from intraq.campaign.state import read_failure
-from intraq.interrupts import stop_signals, stop_signals_as_interrupt
+from intraq.interrupts import stop_signals, stop_signals_as_interrupt, stop_signals_blocked, stop_signals_noted
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("teacher.train_epochs=1", "synth.num_images=8", "synth.batch_size=8", "synth.iterations=50000")
@@ -38,22 +38,27 @@ print(json.dumps(run_jobs(jobs, settings, parallel=parallel)))
 """
 
 
-def _stop_a_job(tmp_path: Path, parallel: int, cells: tuple[str, ...], in_synthesis: int) -> list[dict]:
-    """Run the job in its own process, send SIGTERM to that process alone once `in_synthesis` of its cases are
-    in their synthesis loops, and return its outcomes."""
+def _stop_a_job(tmp_path: Path, parallel: int, cells: tuple[str, ...], in_synthesis: int,
+                to_every_process: bool = False) -> list[dict]:
+    """Run the job in its own process, send SIGTERM to that process alone (or, as Slurm does, to every process
+    of the job) once `in_synthesis` of its cases are in their synthesis loops, and return its outcomes."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     art = tmp_path / "art"
     command = [sys.executable, "-c", JOB_SCRIPT, str(tmp_path / "results"), str(art), str(parallel), ",".join(TINY),
                ",".join(cells)]
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr_file:
-        proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr_file, text=True)
+        proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
+                                start_new_session=True)
         deadline = time.monotonic() + 300
         while len(list(art.glob("synthesis/*/"))) < in_synthesis:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         time.sleep(15)  # past the sets' setup, into their loops
-        proc.send_signal(signal.SIGTERM)
+        if to_every_process:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log.read_text()  # a clean end: submitit keeps the summaries
     return json.loads(out.strip().splitlines()[-1])
@@ -77,9 +82,11 @@ def test_a_stopped_job_saves_its_case_and_leaves_the_rest_pending(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_stopped_job_passes_the_signal_to_its_worker_processes(tmp_path: Path) -> None:
-    """submitit's local executor signals the job's process only: its workers, each in a case, must stop too."""
-    outcomes = _stop_a_job(tmp_path, 2, CELLS, in_synthesis=2)
+@pytest.mark.parametrize("to_every_process", [False, True], ids=["to-the-job-process", "to-every-process"])
+def test_a_stopped_jobs_worker_processes_save_their_cases(tmp_path: Path, to_every_process: bool) -> None:
+    """submitit's local executor signals the job's process only: its workers, each in a case, must stop too.
+    Slurm signals every process: each worker then gets a second SIGTERM from the job's process while it saves."""
+    outcomes = _stop_a_job(tmp_path, 2, CELLS, in_synthesis=2, to_every_process=to_every_process)
     for outcome in outcomes:
         _assert_stopped_and_saved(tmp_path, outcome)
     partials = list((tmp_path / "art" / "synthesis").rglob("*.partial.pt"))
@@ -87,9 +94,13 @@ def test_a_stopped_job_passes_the_signal_to_its_worker_processes(tmp_path: Path)
 
 
 def test_submitits_time_limit_signal_is_a_stop_signal_in_its_jobs(monkeypatch) -> None:
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
     assert stop_signals() == (signal.SIGTERM,)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert stop_signals() == (signal.SIGTERM, signal.SIGUSR2)  # submitit's default
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "INT")
+    assert stop_signals() == (signal.SIGTERM,)  # Ctrl-C is handled as itself
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
     assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1)
     before = signal.getsignal(signal.SIGUSR1)
@@ -97,3 +108,45 @@ def test_submitits_time_limit_signal_is_a_stop_signal_in_its_jobs(monkeypatch) -
         signal.raise_signal(signal.SIGUSR1)
         time.sleep(1)
     assert signal.getsignal(signal.SIGUSR1) == before  # put back
+
+
+def test_only_the_first_stop_signal_interrupts(monkeypatch) -> None:
+    """Slurm signals every process of a job, and a job passes the signal on to its workers: the second one, while
+    the first is being handled (the case saving its checkpoint), must not cut that short."""
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    saved = False
+    with stop_signals_as_interrupt():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGTERM)  # arrives during the save
+            saved = True
+    assert saved
+
+
+def test_between_two_cases_a_stop_signal_is_noted_and_a_blocked_one_waits(monkeypatch) -> None:
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    with stop_signals_noted() as arrived:
+        with stop_signals_blocked():  # as while a job starts its worker processes
+            signal.raise_signal(signal.SIGTERM)
+            assert arrived == []
+        time.sleep(0.1)
+        assert arrived == [signal.SIGTERM]  # delivered once the block ended, and noted rather than raised
+
+
+def test_a_stopped_lone_case_stops_a_stacked_campaign(tmp_path: Path, monkeypatch) -> None:
+    """`--stack`: a group of several cases stops on Ctrl-C; a case run alone (no stage 2 to share) must too, not
+    go on to the next group."""
+    import intraq.campaign.stacked as stacked
+    from intraq.campaign import CaseSettings
+    from intraq.campaign.run import _not_started
+    from intraq.campaign.submit import CampaignOptions
+
+    ran = []
+    monkeypatch.setattr(stacked, "run_job", lambda case, seed, cells, settings: ran.append(case) or _not_started(
+        (case, seed, cells)))
+    settings = CaseSettings("smoke", tmp_path / "results", tmp_path / "artifacts", TINY, device="cpu", fast="none")
+    with pytest.raises(KeyboardInterrupt):
+        stacked.run_stacked_campaign(settings, CampaignOptions(seeds=2, only=("comparison-squant",)), 4, print)
+    assert len(ran) == 1  # seed 1 was not begun

@@ -20,7 +20,12 @@ import intraq
 from intraq.campaign.estimate import Durations
 from intraq.campaign.state import case_lock, clear_failure, record_failure
 from intraq.errors import UserInputError
-from intraq.interrupts import ignore_stop_signals, stop_signals_as_interrupt
+from intraq.interrupts import (
+    stop_signals_as_interrupt,
+    stop_signals_blocked,
+    stop_signals_noted,
+    worker_ignores_stop_signals,
+)
 from intraq.tables import Cell, cell_config, cells_by_name
 
 
@@ -168,44 +173,49 @@ def run_jobs(jobs: list[tuple[str, int, list[str]]], settings: CaseSettings, dea
     estimates = estimates or [None] * len(jobs)
     if parallel <= 1 or len(jobs) <= 1:
         outcomes: list[dict[str, Any]] = []
-        try:
-            with stop_signals_as_interrupt():
-                for (c, s, cells), e in zip(jobs, estimates, strict=True):
-                    outcomes.append(run_job(c, s, cells, settings, deadline, e))
-                    if outcomes[-1].get("stopped"):
-                        break
-        except KeyboardInterrupt:  # between two cases
-            pass
+        with stop_signals_noted() as arrived:  # between two cases; `run_job` stops the one it runs
+            for (c, s, cells), e in zip(jobs, estimates, strict=True):
+                if arrived:
+                    break
+                outcomes.append(run_job(c, s, cells, settings, deadline, e))
+                if outcomes[-1].get("stopped"):
+                    break
         return outcomes + [_not_started(job) for job in jobs[len(outcomes):]]
     return _run_jobs_in_processes(jobs, settings, deadline, parallel, estimates)
 
 
 def _run_jobs_in_processes(jobs: list[tuple[str, int, list[str]]], settings: CaseSettings, deadline: float | None,
                            parallel: int, estimates: list[float | None]) -> list[dict[str, Any]]:
-    """`run_jobs` with `parallel` worker processes. A worker between two cases ignores the stop signals (Slurm
-    signals every process of the job: one dying there would break the pool and lose the others' summaries); the
-    stop file tells it not to begin another. A signal that reached this process alone (submitit's local
-    executor forwards it to the job's process only) is passed on to the workers."""
+    """`run_jobs` with `parallel` worker processes. A worker starts with the stop signals held back and then
+    ignores them between two cases (Slurm signals every process of the job: one dying there would break the pool
+    and lose the others' outcomes); the stop file tells it not to begin another. A signal that reached this
+    process alone (submitit's local executor forwards it to the job's process only) is passed on to them."""
     import multiprocessing
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
-    with tempfile.TemporaryDirectory(prefix="intraq-jobs-") as folder:
+    futures: list = []
+    with tempfile.TemporaryDirectory(prefix="intraq-jobs-") as folder, stop_signals_as_interrupt():
         stop_file = Path(folder) / "stop"
-        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=ignore_stop_signals) as pool:
-            futures = [pool.submit(run_job, c, s, cells, settings, deadline, e, stop_file)
-                       for (c, s, cells), e in zip(jobs, estimates, strict=True)]
-            try:
-                with stop_signals_as_interrupt():
-                    return [f.result() for f in futures]
-            except KeyboardInterrupt:
-                stop_file.touch()
-                for future in futures:
-                    future.cancel()
-                for child in multiprocessing.active_children():
-                    child.terminate()  # SIGTERM: a worker in a case stops it like Ctrl-C; an idle one ignores it
-                return [_result_or_stopped(f, job) for f, job in zip(futures, jobs, strict=True)]
+        pool = None
+        try:
+            with stop_signals_blocked():  # the pool starts its workers as the cases are submitted
+                pool = ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=worker_ignores_stop_signals)
+                futures = [pool.submit(run_job, c, s, cells, settings, deadline, e, stop_file)
+                           for (c, s, cells), e in zip(jobs, estimates, strict=True)]
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            stop_file.touch()
+            for future in futures:
+                future.cancel()
+            for child in multiprocessing.active_children():
+                child.terminate()  # SIGTERM: a worker in a case stops it like Ctrl-C; an idle one ignores it
+            kept = [_result_or_stopped(f, job) for f, job in zip(futures, jobs, strict=False)]
+            return kept + [_not_started(job) for job in jobs[len(kept):]]
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _result_or_stopped(future, job: tuple[str, int, list[str]]) -> dict[str, Any]:  # noqa: ANN001 - a Future

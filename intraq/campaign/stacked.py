@@ -57,6 +57,8 @@ def run_stacked_campaign(settings: CaseSettings, options: CampaignOptions, stack
         for outcome in _run_group(group, members, paths, settings, device, progress):
             report.outcomes.append(outcome)
             say(_line(outcome, len(members)))
+            if outcome.get("stopped"):  # a lone case stopped like Ctrl-C: so is the campaign, as for a group
+                raise KeyboardInterrupt
     return report
 
 
