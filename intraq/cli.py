@@ -211,8 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stored = read_result(stored_file) if stored_file.exists() and not args.force else None
         record = run_case_record(cfg, paths, device, progress=not args.quiet, force=args.force, compile=args.compile,
                                  fast=args.fast, same_machine=args.same_machine)
-    reused = stored is not None and (stored.started, stored.finished, stored.seconds) == (
-        record.started, record.finished, record.seconds)
+    reused = stored is not None and (stored.run_id, stored.started, stored.finished, stored.seconds) == (
+        record.run_id, record.started, record.finished, record.seconds)
     if reused:
         print(_reuse_line(stored_file, record.to_dict()))
     else:  # ran now (its record is written): cells that showed the run it replaced must show this one
