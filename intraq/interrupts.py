@@ -132,12 +132,11 @@ def stop_signals_blocked() -> Iterator[None]:
     """Hold the stop signals back (the signal mask) while worker processes are started: a process inherits the
     mask, so a new worker cannot be killed by one before `worker_ignores_stop_signals` runs; one that arrived
     meanwhile reaches this process when the block ends."""
-    stops = stop_signals()
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals())
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def worker_ignores_stop_signals() -> None:
