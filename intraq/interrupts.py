@@ -36,6 +36,10 @@ def stop_signals() -> tuple[int, ...]:
     return tuple(found)
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def deliver(handler: Any, signum: int, frame: FrameType | None) -> None:
     """What `handler` (as `signal.signal` returned it) would have done with the signal."""
     if callable(handler):
@@ -52,7 +56,7 @@ def deliver(handler: Any, signum: int, frame: FrameType | None) -> None:
 def deferred_interrupts() -> Iterator[None]:
     """Run the block with SIGINT and the stop signals held; deliver the first one that came once the block is
     done."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _in_main_thread():
         yield
         return
     arrived: list[tuple[int, FrameType | None]] = []
@@ -79,10 +83,6 @@ def deferred_interrupts() -> Iterator[None]:
     if arrived:
         signum, frame = arrived[0]
         deliver(previous[signum], signum, frame)
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 @contextmanager
